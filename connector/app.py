@@ -1,0 +1,174 @@
+"""``connector run``: wires settings, broker, schemas, router, sink and supervisor.
+
+Start-up order: (embedded broker) → schemas → topics → routes (schema registration) →
+producer → metrics endpoint → connections. Unreachable Kafka at start is retried with
+backoff and logged on every attempt; a configuration error ends the process at once.
+Shutdown (SIGINT/SIGTERM): close the connections, deliver what is in flight within
+``shutdown_timeout_s``, stop the producer, stop the embedded broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import start_http_server
+
+from connector.avro import load_schemas
+from connector.bitstamp.protocol import (
+    CHANNEL_SCHEMAS,
+    EXCHANGE,
+    channel_name,
+    plan_subscriptions,
+)
+from connector.embedded import EmbeddedBroker
+from connector.errors import ConfigError, DeliveryError
+from connector.metrics import Metrics
+from connector.pipeline import Publisher
+from connector.registry import SchemaRegistryClient
+from connector.router import Router
+from connector.settings import Settings, redact_url
+from connector.sink import KafkaSink
+from connector.supervisor import Supervisor, backoff_delay
+from connector.topics import ensure_topics
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+async def _until_kafka_answers(
+    what: str, op: Callable[[], Awaitable[T]], settings: Settings, stop: asyncio.Event
+) -> T | None:
+    """Retries a start-up step while Kafka is unreachable; None if stopped meanwhile."""
+    attempt = 0
+    while True:
+        try:
+            return await op()
+        except DeliveryError as exc:
+            if not exc.retriable:
+                raise
+            delay = backoff_delay(attempt, 1.0, settings.reconnect_backoff_max_s)
+            attempt += 1
+            log.error("%s failed (attempt %d): %s; retrying in %.1fs", what, attempt, exc, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), delay)
+        if stop.is_set():
+            return None
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Not possible outside the main thread (tests run the app in a task).
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    broker: EmbeddedBroker | None = None
+    registry: SchemaRegistryClient | None = None
+    sink: KafkaSink | None = None
+    http_server: WSGIServer | None = None
+    try:
+        bootstrap = settings.kafka_bootstrap_servers
+        replication = settings.topic_replication_factor
+        if bootstrap is None:
+            broker = EmbeddedBroker(settings.embedded_broker_port)
+            bootstrap = await broker.astart()
+            replication = 1
+            log.info(
+                "KAFKA_BOOTSTRAP_SERVERS is unset: using the embedded broker at %s "
+                "(memory only, idempotence off)",
+                bootstrap,
+            )
+        schemas = load_schemas(settings.schema_dir)
+        metrics = Metrics()
+        if settings.schema_registry_url:
+            registry = SchemaRegistryClient(settings.schema_registry_url)
+            log.info(
+                "schema registry %s: Confluent wire format",
+                redact_url(settings.schema_registry_url),
+            )
+        else:
+            log.info("no schema registry: Avro single-object encoding")
+        router = Router(settings.topic_template, schemas, metrics, registry)
+        subs, skipped = plan_subscriptions(settings.markets, settings.channels)
+        if skipped:
+            log.info(
+                "not subscribing %s: Bitstamp sends funding_rate for perpetual markets only",
+                ", ".join(channel_name(c, m) for c, m in skipped),
+            )
+        if not subs:
+            raise ConfigError(
+                "nothing to subscribe: funding_rate needs a perpetual market "
+                "(e.g. btcusd-perp) in CONNECTOR_MARKETS"
+            )
+        if settings.create_topics:
+            topics = [router.topic(EXCHANGE, c, m) for c, m in subs]
+            created = await _until_kafka_answers(
+                "creating topics",
+                lambda: ensure_topics(
+                    bootstrap,
+                    topics,
+                    settings.topic_partitions,
+                    replication,
+                    security_protocol=settings.kafka_security_protocol,
+                ),
+                settings,
+                stop,
+            )
+            if created is None:
+                return 0
+        for c, m in subs:
+            await router.prepare(EXCHANGE, c, m, CHANNEL_SCHEMAS[c])
+
+        def new_sink() -> KafkaSink:
+            return KafkaSink(settings, bootstrap, metrics)
+
+        async def start_sink() -> KafkaSink:
+            candidate = new_sink()
+            await candidate.start()
+            return candidate
+
+        sink = await _until_kafka_answers("connecting the producer", start_sink, settings, stop)
+        if sink is None:
+            return 0
+        log.info(
+            "producer connected to %s (acks=all, %s, idempotence %s)",
+            bootstrap,
+            settings.kafka_compression,
+            "on" if settings.idempotence else "off",
+        )
+        if settings.http_port:
+            http_server, _ = start_http_server(settings.http_port, registry=metrics.registry)
+            log.info("metrics on :%d/metrics", settings.http_port)
+        publisher = Publisher(router, sink, metrics)
+        supervisor = Supervisor(subs, settings, publisher, metrics)
+        log.info(
+            "running: %d subscription(s) over %d connection(s)",
+            len(subs),
+            len(supervisor.connections),
+        )
+        await supervisor.run(stop)
+        log.info("stopping: delivering %d record(s) still in flight", sink.pending)
+        return 0
+    finally:
+        if http_server is not None:
+            http_server.shutdown()
+            http_server.server_close()
+        if sink is not None:
+            undelivered = await sink.close()
+            log.info(
+                "producer closed: %d delivered, %d failed, %d undelivered",
+                sink.delivered,
+                sink.failed,
+                undelivered,
+            )
+        if registry is not None:
+            await registry.close()
+        if broker is not None:
+            broker.stop()

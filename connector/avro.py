@@ -1,0 +1,148 @@
+"""Avro schemas and encoders: every record is written with a schema parsed once.
+
+Two wire formats:
+- single-object encoding (Avro spec): ``C3 01`` + 8-byte little-endian CRC-64-AVRO
+  fingerprint of the schema's Parsing Canonical Form + the binary body; used when no
+  schema registry is configured, so a consumer holding ``schemas/`` decodes any message;
+- Confluent wire format: ``00`` + 4-byte big-endian schema id + body; used with a
+  schema registry (subjects ``<topic>-value``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import fastavro
+import fastavro.schema
+
+from connector.errors import EncodeError, SchemaError
+from connector.events import MarketEvent
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+CONFLUENT_MAGIC = b"\x00"
+CONTENT_TYPE_SINGLE_OBJECT = "application/avro; format=single-object"
+CONTENT_TYPE_CONFLUENT = "application/vnd.confluent.avro"
+
+
+def default_schema_dir() -> Path:
+    """``schemas/`` next to the package (source checkout, editable install, image)."""
+    return Path(__file__).resolve().parent.parent / "schemas"
+
+
+@dataclass(frozen=True, slots=True)
+class Schema:
+    name: str
+    source: dict[str, Any]
+    parsed: Any
+    canonical: str
+    fingerprint: bytes  # 8 bytes, little-endian CRC-64-AVRO
+
+    @property
+    def text(self) -> str:
+        """The schema as sent to a registry."""
+        return json.dumps(self.source, separators=(",", ":"))
+
+
+def load_schema(path: Path) -> Schema:
+    try:
+        source = json.loads(path.read_text())
+        parsed = cast(dict[str, Any], fastavro.parse_schema(source, named_schemas={}))
+    except (OSError, ValueError, fastavro.schema.SchemaParseException) as exc:
+        raise SchemaError(f"cannot load Avro schema {path}: {exc}") from exc
+    canonical = fastavro.schema.to_parsing_canonical_form(parsed)
+    fp = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
+    return Schema(parsed["name"], source, parsed, canonical, fp)
+
+
+def load_schemas(directory: Path | None = None) -> dict[str, Schema]:
+    directory = directory or default_schema_dir()
+    files = sorted(directory.glob("*.avsc"))
+    if not files:
+        raise SchemaError(f"no Avro schemas (*.avsc) found in {directory}")
+    schemas = {}
+    for path in files:
+        schema = load_schema(path)
+        schemas[schema.name] = schema
+    return schemas
+
+
+class RecordEncoder:
+    """Writes one schema's records with a fixed prefix (the wire format's header)."""
+
+    __slots__ = ("_buf", "_parsed", "prefix", "schema")
+
+    def __init__(self, schema: Schema, prefix: bytes) -> None:
+        self.schema = schema
+        self.prefix = prefix
+        self._parsed = schema.parsed
+        self._buf = io.BytesIO()
+
+    def encode(self, event: MarketEvent) -> bytes:
+        buf = self._buf
+        buf.seek(0)
+        buf.truncate()
+        buf.write(self.prefix)
+        try:
+            fastavro.schemaless_writer(buf, self._parsed, event.to_record())
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            raise EncodeError(
+                f"{type(event).__name__} does not fit {self.schema.name}: {exc}"
+            ) from exc
+        return buf.getvalue()
+
+
+def single_object_encoder(schema: Schema) -> RecordEncoder:
+    return RecordEncoder(schema, SINGLE_OBJECT_MAGIC + schema.fingerprint)
+
+
+def confluent_encoder(schema: Schema, schema_id: int) -> RecordEncoder:
+    return RecordEncoder(schema, CONFLUENT_MAGIC + struct.pack(">I", schema_id))
+
+
+class AvroDecoder:
+    """Decodes values of either wire format (used by ``connector tail`` and tests).
+
+    Single-object values are resolved by fingerprint against the local schemas;
+    Confluent values by schema id through ``lookup`` (a registry), cached.
+    """
+
+    def __init__(self, schemas: Iterable[Schema]) -> None:
+        self._by_fp = {s.fingerprint: s for s in schemas}
+        self._by_id: dict[int, Any] = {}
+
+    def add_schema_id(self, schema_id: int, schema_text: str) -> None:
+        self._by_id[schema_id] = fastavro.parse_schema(json.loads(schema_text), named_schemas={})
+
+    def known_id(self, schema_id: int) -> bool:
+        return schema_id in self._by_id
+
+    @staticmethod
+    def schema_id(value: bytes) -> int | None:
+        if len(value) >= 5 and value[:1] == CONFLUENT_MAGIC:
+            return int(struct.unpack(">I", value[1:5])[0])
+        return None
+
+    def decode(self, value: bytes) -> tuple[str, dict[str, Any]]:
+        """Returns (schema full name, record)."""
+        if value[:2] == SINGLE_OBJECT_MAGIC and len(value) >= 10:
+            schema = self._by_fp.get(value[2:10])
+            if schema is None:
+                raise SchemaError(f"unknown schema fingerprint {value[2:10].hex()}")
+            parsed, body = schema.parsed, value[10:]
+        else:
+            sid = self.schema_id(value)
+            if sid is None:
+                raise SchemaError("value is neither Avro single-object nor Confluent-framed")
+            if sid not in self._by_id:
+                raise SchemaError(f"schema id {sid} is not known")
+            parsed, body = self._by_id[sid], value[5:]
+        record = fastavro.schemaless_reader(io.BytesIO(body), parsed, None)
+        if not isinstance(record, dict):
+            raise SchemaError(f"{parsed['name']} did not decode to a record")
+        return str(parsed["name"]), record

@@ -1,0 +1,431 @@
+"""Pure decoder for Bitstamp WebSocket API v2 frames: bytes in, typed events out.
+
+No I/O and no clock: the caller passes the receive time. One decoder serves one
+connection; it numbers the market events it emits (``sequence``, from 1) so a consumer
+can see what a connection delivered. Every failure is a ``ProtocolError`` with a short
+reason tag; nothing else escapes ``feed``.
+
+Exactness: prices and amounts are taken from Bitstamp's ``*_str`` fields when present.
+When a decimal is only available as a JSON number, the frame is parsed again with the
+standard library keeping every number's original text, so no value is ever rounded.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from connector.bitstamp.protocol import EXCHANGE, split_channel
+from connector.errors import ProtocolError
+from connector.events import (
+    BookDelta,
+    BookSnapshot,
+    ExchangeError,
+    FundingRate,
+    HeartbeatReply,
+    Level,
+    Message,
+    OrderEvent,
+    OrderEventType,
+    ReconnectRequested,
+    Side,
+    SubscriptionSucceeded,
+    Trade,
+    UnsubscriptionSucceeded,
+)
+from connector.timeutil import parse_epoch_us
+
+_SIDES = {0: Side.BUY, 1: Side.SELL, "0": Side.BUY, "1": Side.SELL}
+_ORDER_EVENTS = {
+    "order_created": OrderEventType.CREATED,
+    "order_changed": OrderEventType.CHANGED,
+    "order_deleted": OrderEventType.DELETED,
+}
+# Fields represented by a typed field (or, like the float twins of *_str fields and the
+# seconds `timestamp` next to `microtimestamp`, fully by one); everything else goes to
+# the record's `extra` map.
+_TRADE_KNOWN = frozenset(
+    {
+        "id",
+        "id_str",
+        "amount",
+        "amount_str",
+        "price",
+        "price_str",
+        "type",
+        "timestamp",
+        "microtimestamp",
+        "buy_order_id",
+        "sell_order_id",
+    }
+)
+_ORDER_KNOWN = frozenset(
+    {
+        "id",
+        "id_str",
+        "amount",
+        "amount_str",
+        "price",
+        "price_str",
+        "order_type",
+        "datetime",
+        "microtimestamp",
+        "amount_at_create",
+        "amount_traded",
+        "order_subtype",
+        "is_liquidation",
+        "event_id",
+        "pre_event_id",
+        "order_source",
+    }
+)
+_BOOK_KNOWN = frozenset({"bids", "asks", "timestamp", "microtimestamp"})
+_FUNDING_KNOWN = frozenset(
+    {
+        "funding_rate",
+        "mark_price",
+        "index_price",
+        "market",
+        "timestamp",
+        "next_funding_time",
+        "microtimestamp",
+    }
+)
+
+
+class _NeedsExactNumbers(Exception):
+    """A decimal arrived as a JSON float; parse the frame again keeping number text."""
+
+
+def _exact_loads(frame: bytes | str) -> Any:
+    return json.loads(frame, parse_float=str, parse_constant=_reject_constant)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def _missing(field: str) -> ProtocolError:
+    return ProtocolError("missing_field", f"required field {field!r} is missing")
+
+
+def _bad(field: str, value: Any) -> ProtocolError:
+    return ProtocolError("invalid_field", f"field {field!r} has an invalid value {value!r:.80}")
+
+
+def _decimal(data: dict[str, Any], str_key: str, num_key: str | None = None) -> str:
+    """Exact decimal text of a required field, preferring Bitstamp's ``*_str`` twin."""
+    value = data.get(str_key)
+    if value is None and num_key is not None:
+        value = data.get(num_key)
+    if value is None:
+        raise _missing(str_key)
+    return _decimal_value(str_key, value)
+
+
+def _opt_decimal(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return None if value is None else _decimal_value(key, value)
+
+
+def _decimal_value(key: str, value: Any) -> str:
+    if isinstance(value, str):
+        if not value:
+            raise _bad(key, value)
+        return value
+    if isinstance(value, bool):
+        raise _bad(key, value)
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        raise _NeedsExactNumbers
+    raise _bad(key, value)
+
+
+def _ident(data: dict[str, Any], str_key: str, num_key: str) -> str:
+    value = data.get(str_key)
+    if value is None:
+        value = data.get(num_key)
+    if value is None:
+        raise _missing(num_key)
+    return _opt_ident(num_key, value)  # type: ignore[return-value]
+
+
+def _opt_ident(key: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise _bad(key, value)
+
+
+def _timestamp(data: dict[str, Any], *keys: str) -> tuple[int, str]:
+    """The first present timestamp among ``keys`` as (µs, original text)."""
+    for key in keys:
+        raw = data.get(key)
+        if raw is None or raw == "":
+            continue
+        if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+            raise _bad(key, raw)
+        try:
+            return parse_epoch_us(raw), raw if isinstance(raw, str) else str(raw)
+        except (ValueError, TypeError):
+            raise _bad(key, raw) from None
+    raise _missing(keys[0])
+
+
+def _extra(data: dict[str, Any], known: frozenset[str]) -> dict[str, str]:
+    if data.keys() <= known:
+        return {}
+    return {
+        k: v if isinstance(v, str) else orjson.dumps(v).decode()
+        for k, v in data.items()
+        if k not in known
+    }
+
+
+def _levels(data: dict[str, Any], key: str) -> tuple[Level, ...]:
+    raw = data.get(key)
+    if raw is None:
+        raise _missing(key)
+    if not isinstance(raw, list):
+        raise _bad(key, raw)
+    out = []
+    for entry in raw:
+        if not isinstance(entry, list) or not 2 <= len(entry) <= 3:
+            raise _bad(key, entry)
+        price = _decimal_value(key, entry[0])
+        amount = _decimal_value(key, entry[1])
+        order_id = _opt_ident(key, entry[2]) if len(entry) == 3 else None
+        out.append(Level(price, amount, order_id))
+    return tuple(out)
+
+
+class BitstampDecoder:
+    """Decodes the frames of one Bitstamp connection.
+
+    ``feed(frame, receive_ts_us)`` returns the messages in the frame (market events and
+    control messages) or raises ``ProtocolError``.
+    """
+
+    __slots__ = ("_channels", "connection_id", "sequence")
+
+    def __init__(self, connection_id: str) -> None:
+        self.connection_id = connection_id
+        self.sequence = 0
+        self._channels: dict[str, tuple[str, str]] = {}
+
+    def feed(self, frame: bytes | str, receive_ts_us: int) -> list[Message]:
+        try:
+            msg = orjson.loads(frame)
+        except orjson.JSONDecodeError as exc:
+            raise ProtocolError("invalid_json", str(exc), frame) from None
+        try:
+            return self._dispatch(msg, frame, receive_ts_us)
+        except _NeedsExactNumbers:
+            pass
+        try:
+            msg = _exact_loads(frame)
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError("invalid_json", str(exc), frame) from None
+        return self._dispatch(msg, frame, receive_ts_us)
+
+    def _dispatch(self, msg: Any, frame: bytes | str, receive_ts_us: int) -> list[Message]:
+        if not isinstance(msg, dict):
+            raise ProtocolError("not_an_object", f"frame is a JSON {type(msg).__name__}", frame)
+        event = msg.get("event")
+        if not isinstance(event, str):
+            raise ProtocolError("missing_field", "frame has no string 'event'", frame)
+        channel_name = msg.get("channel", "")
+        if not isinstance(channel_name, str):
+            raise ProtocolError("invalid_field", "'channel' is not a string", frame)
+        data = msg.get("data")
+        if event.startswith("bts:"):
+            return [self._control(event, channel_name, data, frame)]
+        handler = _HANDLERS.get(event)
+        if handler is None:
+            raise ProtocolError("unknown_event", f"unknown event {event!r:.60}", frame)
+        if not isinstance(data, dict):
+            raise ProtocolError("invalid_field", f"'data' of {event!r} is not an object", frame)
+        where = self._channels.get(channel_name)
+        if where is None:
+            where = split_channel(channel_name)
+            if where is None:
+                raise ProtocolError(
+                    "unknown_channel", f"unknown channel {channel_name!r:.80}", frame
+                )
+            self._channels[channel_name] = where
+        channel, market = where
+        if event not in _EVENTS_OF[channel]:
+            raise ProtocolError("unknown_event", f"event {event!r} is not sent on {channel}", frame)
+        try:
+            out = handler(self, event, channel, market, data, receive_ts_us)
+        except ProtocolError as exc:
+            exc.frame = frame
+            raise
+        self.sequence += 1  # only a published event consumes a number
+        return [out]
+
+    def _control(self, event: str, channel: str, data: Any, frame: bytes | str) -> Message:
+        if event == "bts:subscription_succeeded":
+            return SubscriptionSucceeded(channel)
+        if event == "bts:unsubscription_succeeded":
+            return UnsubscriptionSucceeded(channel)
+        if event == "bts:heartbeat":
+            status = data.get("status", "") if isinstance(data, dict) else ""
+            return HeartbeatReply(str(status))
+        if event == "bts:request_reconnect":
+            return ReconnectRequested()
+        if event == "bts:error":
+            if isinstance(data, dict):
+                code = data.get("code")
+                message = data.get("message")
+                return ExchangeError(
+                    channel,
+                    None if code is None else str(code),
+                    message if isinstance(message, str) else orjson.dumps(data).decode(),
+                )
+            return ExchangeError(channel, None, str(data))
+        raise ProtocolError("unknown_event", f"unknown control event {event!r:.60}", frame)
+
+    def _trade(
+        self, event: str, channel: str, market: str, data: dict[str, Any], rts: int
+    ) -> Trade:
+        ts, ts_raw = _timestamp(data, "microtimestamp", "timestamp")
+        side = _SIDES.get(data.get("type"), Side.UNKNOWN)
+        if "type" not in data:
+            raise _missing("type")
+        return Trade(
+            exchange=EXCHANGE,
+            market=market,
+            channel=channel,
+            exchange_ts_us=ts,
+            exchange_ts_raw=ts_raw,
+            receive_ts_us=rts,
+            connection_id=self.connection_id,
+            sequence=self.sequence + 1,
+            extra=_extra(data, _TRADE_KNOWN),
+            trade_id=_ident(data, "id_str", "id"),
+            price=_decimal(data, "price_str", "price"),
+            amount=_decimal(data, "amount_str", "amount"),
+            side=side,
+            buy_order_id=_opt_ident("buy_order_id", data.get("buy_order_id")),
+            sell_order_id=_opt_ident("sell_order_id", data.get("sell_order_id")),
+        )
+
+    def _order(
+        self, event: str, channel: str, market: str, data: dict[str, Any], rts: int
+    ) -> OrderEvent:
+        ts, ts_raw = _timestamp(data, "microtimestamp", "datetime")
+        if "order_type" not in data:
+            raise _missing("order_type")
+        subtype = data.get("order_subtype")
+        if subtype is not None and (isinstance(subtype, bool) or not isinstance(subtype, int)):
+            if isinstance(subtype, str) and subtype.isdigit():
+                subtype = int(subtype)
+            else:
+                raise _bad("order_subtype", subtype)
+        if subtype is not None and not -(2**31) <= subtype < 2**31:
+            raise _bad("order_subtype", subtype)
+        liq = data.get("is_liquidation")
+        if liq is not None and not isinstance(liq, bool):
+            raise _bad("is_liquidation", liq)
+        dt = data.get("datetime")
+        return OrderEvent(
+            exchange=EXCHANGE,
+            market=market,
+            channel=channel,
+            exchange_ts_us=ts,
+            exchange_ts_raw=ts_raw,
+            receive_ts_us=rts,
+            connection_id=self.connection_id,
+            sequence=self.sequence + 1,
+            extra=_extra(data, _ORDER_KNOWN),
+            event_type=_ORDER_EVENTS[event],
+            order_id=_ident(data, "id_str", "id"),
+            side=_SIDES.get(data["order_type"], Side.UNKNOWN),
+            price=_decimal(data, "price_str", "price"),
+            amount=_decimal(data, "amount_str", "amount"),
+            amount_at_create=_opt_decimal(data, "amount_at_create"),
+            amount_traded=_opt_decimal(data, "amount_traded"),
+            order_subtype=subtype,
+            is_liquidation=liq,
+            datetime_raw=None if dt is None else str(dt),
+            event_id=_opt_ident("event_id", data.get("event_id")),
+            pre_event_id=_opt_ident("pre_event_id", data.get("pre_event_id")),
+            order_source=None if data.get("order_source") is None else str(data["order_source"]),
+        )
+
+    def _book(
+        self, event: str, channel: str, market: str, data: dict[str, Any], rts: int
+    ) -> BookSnapshot:
+        ts, ts_raw = _timestamp(data, "microtimestamp", "timestamp")
+        cls = BookDelta if channel == "diff_order_book" else BookSnapshot
+        return cls(
+            exchange=EXCHANGE,
+            market=market,
+            channel=channel,
+            exchange_ts_us=ts,
+            exchange_ts_raw=ts_raw,
+            receive_ts_us=rts,
+            connection_id=self.connection_id,
+            sequence=self.sequence + 1,
+            extra=_extra(data, _BOOK_KNOWN),
+            bids=_levels(data, "bids"),
+            asks=_levels(data, "asks"),
+        )
+
+    def _funding(
+        self, event: str, channel: str, market: str, data: dict[str, Any], rts: int
+    ) -> FundingRate:
+        ts, ts_raw = _timestamp(data, "microtimestamp", "timestamp")
+        nft = data.get("next_funding_time")
+        nft_us: int | None = None
+        if nft is not None:
+            nft_us, _ = _timestamp(data, "next_funding_time")
+        extra = _extra(data, _FUNDING_KNOWN)
+        sent_market = data.get("market")
+        if sent_market is not None and sent_market != market:
+            # Keep a disagreeing market text rather than drop it.
+            extra = {**extra, "market": str(sent_market)}
+        return FundingRate(
+            exchange=EXCHANGE,
+            market=market,
+            channel=channel,
+            exchange_ts_us=ts,
+            exchange_ts_raw=ts_raw,
+            receive_ts_us=rts,
+            connection_id=self.connection_id,
+            sequence=self.sequence + 1,
+            extra=extra,
+            funding_rate=_decimal(data, "funding_rate"),
+            mark_price=_opt_decimal(data, "mark_price"),
+            index_price=_opt_decimal(data, "index_price"),
+            next_funding_time_us=nft_us,
+            next_funding_time_raw=None if nft is None else str(nft),
+        )
+
+
+_Handler = Callable[[BitstampDecoder, str, str, str, dict[str, Any], int], Message]
+_HANDLERS: dict[str, _Handler] = {
+    "trade": BitstampDecoder._trade,
+    "order_created": BitstampDecoder._order,
+    "order_changed": BitstampDecoder._order,
+    "order_deleted": BitstampDecoder._order,
+    "data": BitstampDecoder._book,
+    "funding_rate": BitstampDecoder._funding,
+    "funding_rate_saved": BitstampDecoder._funding,
+}
+_EVENTS_OF: dict[str, frozenset[str]] = {
+    "live_trades": frozenset({"trade"}),
+    "live_orders": frozenset({"order_created", "order_changed", "order_deleted"}),
+    "order_book": frozenset({"data"}),
+    "detail_order_book": frozenset({"data"}),
+    "diff_order_book": frozenset({"data"}),
+    "funding_rate": frozenset({"funding_rate", "funding_rate_saved"}),
+}

@@ -1,0 +1,132 @@
+"""Command line: ``connector run | tail | check-config | simulate``.
+
+Exit status: 0 success, 1 a runtime failure at start (broker, schemas), 2 invalid
+settings or arguments, 3 ``tail`` met undecodable values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import orjson
+
+from connector import __version__
+from connector.errors import BrokerStartError, ConfigError, DeliveryError, SchemaError
+from connector.logs import setup_logging
+from connector.settings import Settings, effective, load_settings, unknown_env_vars
+
+log = logging.getLogger("connector")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="connector",
+        description="Exchange WebSocket → Avro → Kafka ingest connector.",
+    )
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("--config", type=Path, help="YAML settings file (the environment wins)")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="subscribe and publish to Kafka until SIGINT/SIGTERM")
+    t = sub.add_parser("tail", help="print decoded events of topics matching a regex")
+    t.add_argument("pattern", metavar="TOPIC_PATTERN", help=r"e.g. 'bitstamp\..*\.btcusd'")
+    t.add_argument("--from-beginning", action="store_true")
+    t.add_argument("--max", type=int, default=0, help="stop after N messages")
+    t.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=0.0,
+        help="stop after this many seconds without messages (0: never)",
+    )
+    sub.add_parser("check-config", help="print the effective settings (secrets hidden)")
+    s = sub.add_parser("simulate", help="run a local Bitstamp-v2-compatible server")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument(
+        "--markets",
+        default="btcusd,ethusd,btcusd-perp,ethusd-perp,xrpusd,solusd",
+        help="markets the server knows (others are acknowledged, then silent)",
+    )
+    s.add_argument("--rate", type=float, default=2.0, help="events per second per subscription")
+    s.add_argument(
+        "--events", type=int, default=0, help="stop each subscription after N events (0: never)"
+    )
+    s.add_argument("--seed", type=int, default=1)
+    s.add_argument("--book-depth", type=int, default=100)
+    return p
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    settings = load_settings(args.config)
+    setup_logging(settings.log_level, settings.log_format)
+    for name in unknown_env_vars():
+        log.warning("environment variable %s is not a setting (typo?); ignored", name)
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            settings = _settings(args)
+            sys.stdout.write(
+                orjson.dumps(effective(settings), option=orjson.OPT_INDENT_2).decode() + "\n"
+            )
+            return 0
+        if args.command == "simulate":
+            setup_logging("INFO")
+            return asyncio.run(_simulate(args))
+        if args.command == "tail":
+            from connector.tail import tail
+
+            settings = _settings(args)
+            return asyncio.run(
+                tail(
+                    settings,
+                    args.pattern,
+                    from_beginning=args.from_beginning,
+                    max_messages=args.max,
+                    idle_timeout_s=args.idle_timeout,
+                )
+            )
+        from connector.app import run
+
+        return asyncio.run(run(_settings(args)))
+    except ConfigError as exc:
+        print(f"connector: {exc}", file=sys.stderr)
+        return 2
+    except (BrokerStartError, SchemaError, DeliveryError) as exc:
+        print(f"connector: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _simulate(args: argparse.Namespace) -> int:
+    import signal
+
+    from connector.simulate import Simulator
+
+    markets = tuple(m.strip() for m in args.markets.split(",") if m.strip())
+    sim = Simulator(
+        args.host,
+        args.port,
+        markets=markets,
+        rate=args.rate,
+        events_per_subscription=args.events,
+        seed=args.seed,
+        book_depth=args.book_depth,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await sim.serve_forever(stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

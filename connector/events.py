@@ -1,0 +1,219 @@
+"""Typed, frozen events: what the decoders produce and the encoder consumes.
+
+Rules of this module:
+- Market-data events mirror the Avro records in ``schemas/`` field for field; ``SCHEMA``
+  names the record and ``to_record()`` builds the one dict fastavro writes.
+- Prices and amounts are the exchange's exact decimal text; ids are text; timestamps are
+  integers in microseconds since the epoch.
+- Control messages (subscription acks, heartbeats, errors, reconnect requests) are events
+  too, but are consumed by the supervisor and never published.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar, NamedTuple
+
+
+class Side(StrEnum):
+    BUY = "BUY"
+    SELL = "SELL"
+    UNKNOWN = "UNKNOWN"
+
+
+class OrderEventType(StrEnum):
+    CREATED = "CREATED"
+    CHANGED = "CHANGED"
+    DELETED = "DELETED"
+    UNKNOWN = "UNKNOWN"
+
+
+class Level(NamedTuple):
+    price: str
+    amount: str
+    order_id: str | None = None
+
+
+def _levels(levels: tuple[Level, ...]) -> list[dict[str, str | None]]:
+    return [{"price": p, "amount": a, "order_id": o} for p, a, o in levels]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MarketEvent:
+    """Fields every published record carries."""
+
+    SCHEMA: ClassVar[str] = ""
+
+    exchange: str
+    market: str
+    channel: str
+    exchange_ts_us: int
+    exchange_ts_raw: str
+    receive_ts_us: int
+    connection_id: str
+    sequence: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def _common(self) -> dict[str, Any]:
+        return {
+            "exchange": self.exchange,
+            "market": self.market,
+            "channel": self.channel,
+            "exchange_ts_us": self.exchange_ts_us,
+            "exchange_ts_raw": self.exchange_ts_raw,
+            "receive_ts_us": self.receive_ts_us,
+            "connection_id": self.connection_id,
+            "sequence": self.sequence,
+            "extra": self.extra,
+        }
+
+    def to_record(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Trade(MarketEvent):
+    SCHEMA: ClassVar[str] = "connector.Trade"
+
+    trade_id: str
+    price: str
+    amount: str
+    side: Side
+    buy_order_id: str | None = None
+    sell_order_id: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        r = self._common()
+        r["trade_id"] = self.trade_id
+        r["price"] = self.price
+        r["amount"] = self.amount
+        r["side"] = self.side.value
+        r["buy_order_id"] = self.buy_order_id
+        r["sell_order_id"] = self.sell_order_id
+        return r
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OrderEvent(MarketEvent):
+    SCHEMA: ClassVar[str] = "connector.OrderEvent"
+
+    event_type: OrderEventType
+    order_id: str
+    side: Side
+    price: str
+    amount: str
+    amount_at_create: str | None = None
+    amount_traded: str | None = None
+    order_subtype: int | None = None
+    is_liquidation: bool | None = None
+    datetime_raw: str | None = None
+    event_id: str | None = None
+    pre_event_id: str | None = None
+    order_source: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        r = self._common()
+        r["event_type"] = self.event_type.value
+        r["order_id"] = self.order_id
+        r["side"] = self.side.value
+        r["price"] = self.price
+        r["amount"] = self.amount
+        r["amount_at_create"] = self.amount_at_create
+        r["amount_traded"] = self.amount_traded
+        r["order_subtype"] = self.order_subtype
+        r["is_liquidation"] = self.is_liquidation
+        r["datetime_raw"] = self.datetime_raw
+        r["event_id"] = self.event_id
+        r["pre_event_id"] = self.pre_event_id
+        r["order_source"] = self.order_source
+        return r
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BookSnapshot(MarketEvent):
+    SCHEMA: ClassVar[str] = "connector.BookSnapshot"
+
+    bids: tuple[Level, ...]
+    asks: tuple[Level, ...]
+    exchange_sequence: int | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        r = self._common()
+        r["bids"] = _levels(self.bids)
+        r["asks"] = _levels(self.asks)
+        r["exchange_sequence"] = self.exchange_sequence
+        return r
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BookDelta(BookSnapshot):
+    SCHEMA: ClassVar[str] = "connector.BookDelta"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FundingRate(MarketEvent):
+    SCHEMA: ClassVar[str] = "connector.FundingRate"
+
+    funding_rate: str
+    mark_price: str | None = None
+    index_price: str | None = None
+    next_funding_time_us: int | None = None
+    next_funding_time_raw: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        r = self._common()
+        r["funding_rate"] = self.funding_rate
+        r["mark_price"] = self.mark_price
+        r["index_price"] = self.index_price
+        r["next_funding_time_us"] = self.next_funding_time_us
+        r["next_funding_time_raw"] = self.next_funding_time_raw
+        return r
+
+
+# --- control messages (consumed by the supervisor, never published) ---------------
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionSucceeded:
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class UnsubscriptionSucceeded:
+    channel: str
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatReply:
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectRequested:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeError:
+    channel: str
+    code: str | None
+    message: str
+
+
+Control = (
+    SubscriptionSucceeded
+    | UnsubscriptionSucceeded
+    | HeartbeatReply
+    | ReconnectRequested
+    | ExchangeError
+)
+Message = MarketEvent | Control
+
+EVENT_TYPES: tuple[type[MarketEvent], ...] = (
+    Trade,
+    OrderEvent,
+    BookSnapshot,
+    BookDelta,
+    FundingRate,
+)

@@ -1,0 +1,119 @@
+"""Prometheus metrics, and the per-route handles the hot path uses.
+
+Label lookups happen once per route (``RouteMetrics``), never per message. Cardinality
+is bounded by the configured exchanges, channels and markets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+
+from connector import __version__
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        labels = ("exchange", "channel", "market")
+        self.build_info = Info("connector_build", "Connector build information.", registry=r)
+        self.build_info.info({"version": __version__})
+        self.events_received = Counter(
+            "connector_events_received_total",
+            "Market events decoded from the exchange.",
+            labels,
+            registry=r,
+        )
+        self.events_published = Counter(
+            "connector_events_published_total",
+            "Records acknowledged by Kafka (acks=all).",
+            labels,
+            registry=r,
+        )
+        self.events_failed = Counter(
+            "connector_events_failed_total",
+            "Records Kafka rejected permanently (not retriable) or that could not be encoded.",
+            ("exchange", "channel", "market", "reason"),
+            registry=r,
+        )
+        self.events_undelivered = Counter(
+            "connector_events_undelivered_total",
+            "Records still unacknowledged when the shutdown deadline passed.",
+            registry=r,
+        )
+        self.send_retries = Counter(
+            "connector_kafka_send_retries_total",
+            "Record sends retried after a retriable error.",
+            ("error",),
+            registry=r,
+        )
+        self.frames_invalid = Counter(
+            "connector_frames_invalid_total",
+            "Frames the decoder rejected, by reason.",
+            ("exchange", "reason"),
+            registry=r,
+        )
+        self.exchange_errors = Counter(
+            "connector_exchange_errors_total",
+            "bts:error (or equivalent) messages received.",
+            ("exchange",),
+            registry=r,
+        )
+        self.reconnects = Counter(
+            "connector_reconnects_total",
+            "Exchange reconnects, by reason.",
+            ("exchange", "reason"),
+            registry=r,
+        )
+        self.subscriptions_live = Gauge(
+            "connector_subscriptions_live",
+            "Subscriptions confirmed by the exchange.",
+            ("exchange",),
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "connector_kafka_in_flight_records",
+            "Records accepted but not yet acknowledged.",
+            registry=r,
+        )
+        self.ack_latency = Histogram(
+            "connector_receive_to_ack_seconds",
+            "Time from frame received to Kafka acknowledgement.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+
+    def route(self, exchange: str, channel: str, market: str) -> RouteMetrics:
+        return RouteMetrics(
+            received=self.events_received.labels(exchange, channel, market),
+            published=self.events_published.labels(exchange, channel, market),
+            labels=(exchange, channel, market),
+        )
+
+
+@dataclass(slots=True)
+class RouteMetrics:
+    received: Any
+    published: Any
+    labels: tuple[str, str, str]

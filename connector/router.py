@@ -1,0 +1,83 @@
+"""Router: (exchange, channel, market) → topic, key, headers and encoder.
+
+Routes are prepared once per subscription at start (topic names, and schema ids when a
+registry is used); the hot path is one dict lookup. The key is the market, so one
+market's events stay in one partition, in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from connector.avro import (
+    CONTENT_TYPE_CONFLUENT,
+    CONTENT_TYPE_SINGLE_OBJECT,
+    RecordEncoder,
+    Schema,
+    confluent_encoder,
+    single_object_encoder,
+)
+from connector.errors import SchemaError
+from connector.metrics import Metrics, RouteMetrics
+from connector.registry import SchemaRegistryClient
+from connector.sink import Headers
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    topic: str
+    key: bytes
+    headers: Headers
+    encoder: RecordEncoder
+    metrics: RouteMetrics
+
+
+def topic_name(template: str, exchange: str, channel: str, market: str) -> str:
+    return template.format(exchange=exchange, channel=channel, market=market)
+
+
+class Router:
+    def __init__(
+        self,
+        template: str,
+        schemas: dict[str, Schema],
+        metrics: Metrics,
+        registry: SchemaRegistryClient | None = None,
+    ) -> None:
+        self._template = template
+        self._schemas = schemas
+        self._metrics = metrics
+        self._registry = registry
+        self._routes: dict[tuple[str, str, str], Route] = {}
+
+    def topic(self, exchange: str, channel: str, market: str) -> str:
+        return topic_name(self._template, exchange, channel, market)
+
+    def get(self, exchange: str, channel: str, market: str) -> Route | None:
+        return self._routes.get((exchange, channel, market))
+
+    async def prepare(self, exchange: str, channel: str, market: str, schema_name: str) -> Route:
+        key = (exchange, channel, market)
+        route = self._routes.get(key)
+        if route is not None:
+            return route
+        schema = self._schemas.get(schema_name)
+        if schema is None:
+            raise SchemaError(f"no schema {schema_name} among {sorted(self._schemas)}")
+        topic = self.topic(exchange, channel, market)
+        if self._registry is None:
+            encoder = single_object_encoder(schema)
+            content_type = CONTENT_TYPE_SINGLE_OBJECT
+        else:
+            schema_id = await self._registry.register(f"{topic}-value", schema.text)
+            encoder = confluent_encoder(schema, schema_id)
+            content_type = CONTENT_TYPE_CONFLUENT
+        headers: Headers = [
+            ("schema", schema.name.encode()),
+            ("content-type", content_type.encode()),
+        ]
+        route = Route(
+            topic, market.encode(), headers, encoder, self._metrics.route(exchange, channel, market)
+        )
+        self._routes[key] = route
+        return route

@@ -1,0 +1,371 @@
+"""The connector's one typed settings object: YAML file (``--config``) + environment.
+
+The environment wins over the file. Interface names kept stable for deployments:
+``BITSTAMP_WS_URL``, ``BITSTAMP_REST_URL``, ``CONNECTOR_MARKETS``, ``CONNECTOR_CHANNELS``,
+``KAFKA_BOOTSTRAP_SERVERS``, ``SCHEMA_REGISTRY_URL``, ``CONNECTOR_TOPIC_TEMPLATE``,
+``CONNECTOR_HTTP_PORT``; every other setting is ``CONNECTOR_<FIELD NAME>``. In a YAML file
+every setting is spelled by its field name (``markets: [btcusd]``).
+
+``load_settings`` validates everything at start and raises ``ConfigError`` whose message
+names each bad setting by field and environment name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import string
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from connector.bitstamp.protocol import CHANNELS as BITSTAMP_CHANNELS
+from connector.errors import ConfigError
+
+ENV_PREFIX = "CONNECTOR_"
+SUPPORTED_EXCHANGES = ("bitstamp",)
+_TOPIC_FIELDS = {"exchange", "channel", "market"}
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_MARKET_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+
+CommaList = Annotated[list[str], NoDecode]
+
+
+def _alias(env: str, name: str) -> Any:
+    return AliasChoices(name, env)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        extra="forbid",
+        populate_by_name=True,
+        case_sensitive=False,
+        frozen=True,
+    )
+
+    # --- what to subscribe to ------------------------------------------------------
+    exchanges: CommaList = Field(default=["bitstamp"], description="Exchanges to run (comma list).")
+    bitstamp_ws_url: str = Field(
+        default="wss://ws.bitstamp.net",
+        validation_alias=_alias("BITSTAMP_WS_URL", "bitstamp_ws_url"),
+        description="Bitstamp WebSocket API v2 endpoint.",
+    )
+    bitstamp_rest_url: str = Field(
+        default="https://www.bitstamp.net",
+        validation_alias=_alias("BITSTAMP_REST_URL", "bitstamp_rest_url"),
+        description="Bitstamp REST API base URL.",
+    )
+    markets: CommaList = Field(
+        default=["btcusd", "ethusd"],
+        validation_alias=_alias("CONNECTOR_MARKETS", "markets"),
+        description="Bitstamp markets, as Bitstamp spells them (comma list).",
+    )
+    channels: CommaList = Field(
+        default=list(BITSTAMP_CHANNELS),
+        validation_alias=_alias("CONNECTOR_CHANNELS", "channels"),
+        description="Bitstamp public channels (comma list).",
+    )
+
+    # --- Kafka ---------------------------------------------------------------------
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        validation_alias=_alias("KAFKA_BOOTSTRAP_SERVERS", "kafka_bootstrap_servers"),
+        description="Kafka bootstrap servers; unset starts the embedded broker.",
+    )
+    schema_registry_url: str | None = Field(
+        default=None,
+        validation_alias=_alias("SCHEMA_REGISTRY_URL", "schema_registry_url"),
+        description="Confluent-compatible schema registry; unset uses single-object encoding.",
+    )
+    topic_template: str = Field(
+        default="{exchange}.{channel}.{market}",
+        validation_alias=_alias("CONNECTOR_TOPIC_TEMPLATE", "topic_template"),
+        description="Topic name template; placeholders {exchange}, {channel}, {market}.",
+    )
+    topic_partitions: int = Field(default=1, ge=1, description="Partitions of created topics.")
+    topic_replication_factor: int = Field(
+        default=-1,
+        ge=-1,
+        description="Replication factor of created topics; -1 uses the broker's default.",
+    )
+    create_topics: bool = Field(default=True, description="Create missing topics at start.")
+    kafka_client_id: str = Field(default="exchange-connector", min_length=1)
+    kafka_compression: Literal["lz4", "zstd", "gzip", "snappy", "none"] = "lz4"
+    kafka_linger_ms: int = Field(default=5, ge=0, le=10_000)
+    kafka_max_batch_bytes: int = Field(default=256 * 1024, ge=1024)
+    kafka_enable_idempotence: bool | None = Field(
+        default=None,
+        description="Idempotent producer; unset means on for an external Kafka, off for the "
+        "embedded broker (it does not support InitProducerId).",
+    )
+    kafka_request_timeout_ms: int = Field(default=30_000, ge=1000)
+    kafka_send_timeout_s: float = Field(
+        default=60.0, gt=0, description="Deadline for one delivery attempt of one record."
+    )
+    kafka_max_in_flight: int = Field(
+        default=20_000,
+        ge=1,
+        description="Records accepted but not yet acknowledged; reading pauses beyond it.",
+    )
+    kafka_retry_backoff_max_s: float = Field(default=10.0, gt=0)
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    shutdown_timeout_s: float = Field(
+        default=30.0, gt=0, description="Deadline to deliver what is in flight on shutdown."
+    )
+    embedded_broker_port: int = Field(default=0, ge=0, le=65535, description="0: a free port.")
+
+    # --- exchange connection -------------------------------------------------------
+    ws_max_size_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
+    ws_open_timeout_s: float = Field(default=10.0, gt=0)
+    heartbeat_interval_s: float = Field(default=15.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=10.0, gt=0)
+    subscribe_timeout_s: float = Field(default=10.0, gt=0)
+    silence_warning_s: float = Field(
+        default=120.0, gt=0, description="Warn when a subscription has sent nothing this long."
+    )
+    reconnect_backoff_initial_s: float = Field(default=0.5, gt=0)
+    reconnect_backoff_max_s: float = Field(default=30.0, gt=0)
+    resubscribe_backoff_s: float = Field(
+        default=60.0, gt=0, description="Wait before retrying a subscription the exchange rejected."
+    )
+
+    # --- operations ----------------------------------------------------------------
+    http_port: int = Field(
+        default=9102,
+        ge=0,
+        le=65535,
+        validation_alias=_alias("CONNECTOR_HTTP_PORT", "http_port"),
+        description="Port of the /metrics endpoint; 0 disables it.",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    schema_dir: Path | None = Field(default=None, description="Avro schemas; default schemas/.")
+
+    @field_validator("exchanges", "markets", "channels", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("log_level", "kafka_security_protocol", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("exchanges")
+    @classmethod
+    def _check_exchanges(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one exchange is required")
+        bad = [e for e in value if e not in SUPPORTED_EXCHANGES]
+        if bad:
+            raise ValueError(
+                f"unsupported exchange(s) {bad}; supported: {', '.join(SUPPORTED_EXCHANGES)}"
+            )
+        return value
+
+    @field_validator("markets")
+    @classmethod
+    def _check_markets(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one market is required")
+        for m in value:
+            if not _MARKET_RE.match(m):
+                raise ValueError(
+                    f"market {m!r} is not a Bitstamp market symbol (lowercase letters and "
+                    f"digits, e.g. btcusd or btcusd-perp)"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError(f"duplicate markets in {value}")
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _check_channels(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one channel is required")
+        bad = [c for c in value if c not in BITSTAMP_CHANNELS]
+        if bad:
+            raise ValueError(
+                f"unknown channel(s) {bad}; Bitstamp public channels are "
+                f"{', '.join(BITSTAMP_CHANNELS)}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError(f"duplicate channels in {value}")
+        return value
+
+    @field_validator("bitstamp_ws_url")
+    @classmethod
+    def _check_ws_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError(f"{value!r} is not a ws:// or wss:// URL")
+        return value
+
+    @field_validator("bitstamp_rest_url", "schema_registry_url")
+    @classmethod
+    def _check_http_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"{redact_url(value)!r} is not an http:// or https:// URL")
+        return value.rstrip("/")
+
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _check_bootstrap(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"{server.strip()!r} is not host:port")
+        return value.strip()
+
+    @field_validator("topic_template")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"invalid template {value!r}: {exc}") from None
+        unknown = names - _TOPIC_FIELDS
+        if unknown:
+            raise ValueError(
+                f"unknown placeholder(s) {sorted(unknown)}; use {{exchange}}, {{channel}}, "
+                f"{{market}}"
+            )
+        if "market" not in names or "channel" not in names:
+            raise ValueError("the template must contain {channel} and {market}: one topic each")
+        sample = value.format(
+            exchange="bitstamp", channel="detail_order_book", market="btcusd-perp"
+        )
+        if not _TOPIC_RE.match(sample):
+            raise ValueError(f"gives an invalid Kafka topic name {sample!r}")
+        return value
+
+    @property
+    def embedded(self) -> bool:
+        return self.kafka_bootstrap_servers is None
+
+    @property
+    def idempotence(self) -> bool:
+        if self.kafka_enable_idempotence is None:
+            return not self.embedded
+        return self.kafka_enable_idempotence
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Environment first: it wins over the YAML file, which arrives as init kwargs.
+        return env_settings, init_settings
+
+
+def env_name(field: str) -> str:
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, AliasChoices):
+        for choice in info.validation_alias.choices:
+            if isinstance(choice, str) and choice.isupper():
+                return choice
+    return ENV_PREFIX + field.upper()
+
+
+def known_env_names() -> set[str]:
+    return {env_name(f) for f in Settings.model_fields}
+
+
+def redact_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, f"***:***@{host}", parts.path, parts.query, ""))
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid settings ({source}):"]
+    for err in exc.errors():
+        loc = err.get("loc") or ("?",)
+        field = str(loc[0])
+        name = env_name(field) if field in Settings.model_fields else field
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            msg = "is not a known setting"
+            lines.append(f"  - {field}: {msg}")
+            continue
+        shown = err.get("input")
+        if isinstance(shown, str) and field == "schema_registry_url":
+            shown = redact_url(shown)
+        lines.append(f"  - {field} ({name}): {msg} (got {shown!r:.120})")
+    return "\n".join(lines)
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Builds and validates the settings; raises ConfigError naming every bad field."""
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        try:
+            loaded = yaml.safe_load(config_file.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {config_file} is not valid YAML: {exc}") from exc
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {config_file} must hold a mapping of settings")
+        data.update(loaded)
+    data.update(overrides)
+    source = "environment" + (f" and {config_file}" if config_file else "")
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+    if settings.reconnect_backoff_initial_s > settings.reconnect_backoff_max_s:
+        raise ConfigError(
+            "invalid settings: reconnect_backoff_initial_s "
+            "(CONNECTOR_RECONNECT_BACKOFF_INITIAL_S) must not exceed reconnect_backoff_max_s"
+        )
+    return settings
+
+
+def unknown_env_vars(environ: dict[str, str] | None = None) -> list[str]:
+    """CONNECTOR_* variables that are no setting (likely typos); the caller warns."""
+    environ = dict(os.environ) if environ is None else environ
+    known = {n.upper() for n in known_env_names()}
+    return sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+
+
+def effective(settings: Settings) -> dict[str, Any]:
+    """The settings as check-config prints them, with secrets hidden."""
+    out: dict[str, Any] = {}
+    for name in Settings.model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, Path):
+            value = str(value)
+        if isinstance(value, str) and name.endswith("_url"):
+            value = redact_url(value)
+        out[name] = value
+    out["embedded_broker"] = settings.embedded
+    out["idempotent_producer"] = settings.idempotence
+    return out

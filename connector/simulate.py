@@ -1,0 +1,432 @@
+"""A local Bitstamp-v2-compatible server: WebSocket API plus the REST routes we use.
+
+For tests, the benchmark, and trying the stack offline. It speaks the v2 protocol
+(bts:subscribe / unsubscribe / heartbeat, subscription_succeeded, bts:error,
+bts:request_reconnect) and sends realistic synthetic events for all six public channels
+at a chosen rate per subscription. Like the real server, an unknown but well-formed
+market is acknowledged and then stays silent.
+
+REST: ``/api/v2/trading-pairs-info/``, ``/api/v2/transactions/{market}/?time=minute|hour``,
+``/api/v2/order_book/{market}/``. Test hooks: ``/_sim/stats`` (frames sent per channel)
+and ``/_sim/fault?kind=request_reconnect|drop|garbage``.
+
+Data is deterministic for a given seed: each (channel, market) has its own generator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import re
+import time
+from collections import defaultdict, deque
+from dataclasses import dataclass, field
+from decimal import Decimal
+from http import HTTPStatus
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from connector.bitstamp.protocol import split_channel
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MARKETS = ("btcusd", "ethusd", "btcusd-perp", "ethusd-perp", "xrpusd", "solusd")
+_PERP_ID_BASE = 2**53 + 1_000_000  # perp trade ids exceed 2^53 on the real exchange
+_BASE_PRICES = {
+    "btc": Decimal("37000"),
+    "eth": Decimal("2000"),
+    "xrp": Decimal("0.6"),
+    "sol": Decimal("60"),
+}
+_REST_TRADES = re.compile(r"^/api/v2/transactions/([a-z0-9-]+)/?$")
+_REST_BOOK = re.compile(r"^/api/v2/order_book/([a-z0-9-]+)/?$")
+
+
+def _q(value: Decimal, places: int) -> str:
+    return f"{value:.{places}f}"
+
+
+@dataclass
+class _Gen:
+    """Synthetic state of one market, shared by its channels."""
+
+    market: str
+    rng: random.Random
+    mid: Decimal
+    trade_id: int
+    order_id: int
+    event_id: int = 0
+    open_orders: deque[tuple[int, int, str, str]] = field(default_factory=lambda: deque(maxlen=200))
+    trades: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=5000))
+
+    @property
+    def perp(self) -> bool:
+        return self.market.endswith("-perp")
+
+    def step(self) -> None:
+        drift = Decimal(self.rng.randint(-20, 20)) / Decimal(10000)
+        self.mid = max(Decimal("0.0001"), self.mid * (1 + drift / 10))
+
+    def price(self, offset_ticks: int = 0) -> str:
+        places = 2 if self.mid > 10 else 5
+        tick = Decimal(1).scaleb(-places)
+        return _q(self.mid + tick * offset_ticks, places)
+
+    def amount(self) -> str:
+        return _q(Decimal(self.rng.randint(1, 5_000_000)) / Decimal(10**6), 8)
+
+    def levels(self, side: int, n: int, with_ids: bool) -> list[list[str]]:
+        out = []
+        for i in range(1, n + 1):
+            lvl = [self.price(-i if side == 0 else i), self.amount()]
+            if with_ids:
+                self.order_id += 1
+                lvl.append(str(self.order_id))
+            out.append(lvl)
+        return out
+
+
+class Simulator:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        markets: tuple[str, ...] = DEFAULT_MARKETS,
+        rate: float = 2.0,
+        events_per_subscription: int = 0,
+        seed: int = 1,
+        record: bool = False,
+        book_depth: int = 100,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.markets = tuple(markets)
+        self.rate = rate
+        self.limit = events_per_subscription
+        self.seed = seed
+        self.record = record
+        self.book_depth = book_depth
+        self.sent: dict[tuple[str, str], int] = defaultdict(int)
+        self.frames: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        self.connections: set[ServerConnection] = set()
+        self.subscribe_requests = 0
+        self._gens: dict[str, _Gen] = {}
+        self._server: Server | None = None
+
+    # --- lifecycle -------------------------------------------------------------------
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._rest,
+            compression=None,
+            max_size=64 * 1024,
+        )
+        sock = next(iter(self._server.sockets))
+        self.port = sock.getsockname()[1]
+        log.info(
+            "simulated Bitstamp on ws://%s:%d (REST on http://%s:%d)",
+            self.host,
+            self.port,
+            self.host,
+            self.port,
+        )
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.host}:{self.port}"
+
+    @property
+    def rest_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def serve_forever(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    # --- faults ----------------------------------------------------------------------
+    async def fault(self, kind: str) -> int:
+        n = 0
+        for ws in list(self.connections):
+            n += 1
+            if kind == "request_reconnect":
+                await ws.send(
+                    orjson.dumps(
+                        {"event": "bts:request_reconnect", "channel": "", "data": ""}
+                    ).decode()
+                )
+            elif kind == "drop":
+                ws.transport.abort()
+            elif kind == "garbage":
+                await ws.send("{not json")
+                await ws.send(b"\x00\x01binary")
+                await ws.send('{"event":"mystery","channel":"live_trades_btcusd","data":{}}')
+            else:
+                raise ValueError(f"unknown fault {kind!r}")
+        return n
+
+    # --- data ------------------------------------------------------------------------
+    def _gen(self, market: str) -> _Gen:
+        gen = self._gens.get(market)
+        if gen is None:
+            rng = random.Random(f"{self.seed}:{market}")
+            base = _BASE_PRICES.get(market[:3], Decimal("10"))
+            perp = market.endswith("-perp")
+            gen = _Gen(
+                market,
+                rng,
+                base,
+                _PERP_ID_BASE if perp else 300_000_000,
+                1_800_000_000_000_000_000 if perp else 1_700_000_000_000_000,
+            )
+            self._gens[market] = gen
+        return gen
+
+    def make_event(self, channel: str, market: str) -> dict[str, Any]:
+        g = self._gen(market)
+        g.step()
+        now_us = time.time_ns() // 1000
+        name = f"{channel}_{market}"
+        if channel == "live_trades":
+            g.trade_id += 1
+            price, amount, side = g.price(), g.amount(), g.rng.randint(0, 1)
+            data: dict[str, Any] = {
+                "id": g.trade_id,
+                "timestamp": str(now_us // 1_000_000),
+                "amount": float(amount),
+                "amount_str": amount,
+                "price": float(price),
+                "price_str": price,
+                "type": side,
+                "microtimestamp": str(now_us),
+                "buy_order_id": g.order_id + 1,
+                "sell_order_id": g.order_id + 2,
+                "id_str": str(g.trade_id),
+            }
+            g.order_id += 2
+            g.trades.append(
+                {
+                    "date": str(now_us // 1_000_000),
+                    "tid": str(g.trade_id),
+                    "price": price,
+                    "amount": amount,
+                    "type": str(side),
+                }
+            )
+            return {"data": data, "channel": name, "event": "trade"}
+        if channel == "live_orders":
+            roll = g.rng.random()
+            if g.open_orders and roll < 0.3:
+                oid, side, price, amount = g.open_orders.popleft()
+                event = "order_deleted"
+            elif g.open_orders and roll < 0.5:
+                oid, side, price, _ = g.open_orders[0]
+                amount = g.amount()
+                event = "order_changed"
+            else:
+                g.order_id += 1
+                oid, side = g.order_id, g.rng.randint(0, 1)
+                price, amount = g.price(g.rng.randint(1, 50) * (1 if side else -1)), g.amount()
+                g.open_orders.append((oid, side, price, amount))
+                event = "order_created"
+            g.event_id += 1
+            data = {
+                "id": oid,
+                "id_str": str(oid),
+                "order_type": side,
+                "datetime": str(now_us // 10**6),
+                "microtimestamp": str(now_us),
+                "amount": float(amount),
+                "amount_str": amount,
+                "amount_traded": "0",
+                "amount_at_create": amount,
+                "price": float(price),
+                "price_str": price,
+                "order_subtype": 0,
+                "is_liquidation": False,
+                "event_id": str(g.event_id),
+                "pre_event_id": str(g.event_id - 1),
+                "order_source": "orderbook",
+            }
+            return {"data": data, "channel": name, "event": event}
+        if channel in ("order_book", "detail_order_book"):
+            ids = channel == "detail_order_book"
+            data = {
+                "timestamp": str(now_us // 10**6),
+                "microtimestamp": str(now_us),
+                "bids": g.levels(0, self.book_depth, ids),
+                "asks": g.levels(1, self.book_depth, ids),
+            }
+            return {"data": data, "channel": name, "event": "data"}
+        if channel == "diff_order_book":
+            bids = g.levels(0, g.rng.randint(1, 5), False)
+            asks = g.levels(1, g.rng.randint(1, 5), False)
+            if g.rng.random() < 0.3:
+                bids[0][1] = "0.00000000"  # a deleted level, as Bitstamp spells it
+            data = {
+                "timestamp": str(now_us // 10**6),
+                "microtimestamp": str(now_us),
+                "bids": bids,
+                "asks": asks,
+            }
+            return {"data": data, "channel": name, "event": "data"}
+        if channel == "funding_rate":
+            rate = _q(Decimal(g.rng.randint(-500, 500)) / Decimal(10**7), 7)
+            data = {
+                "funding_rate": rate,
+                "mark_price": g.price(),
+                "index_price": g.price(1),
+                "market": market,
+                "timestamp": str(now_us // 1000),  # milliseconds
+                "next_funding_time": str((now_us // 3_600_000_000 + 1) * 3_600_000),
+            }
+            return {"data": data, "channel": name, "event": "funding_rate"}
+        raise ValueError(channel)
+
+    # --- WebSocket -------------------------------------------------------------------
+    async def _handle(self, ws: ServerConnection) -> None:
+        self.connections.add(ws)
+        subs: dict[str, tuple[str, str]] = {}
+        feeder = asyncio.create_task(self._feed(ws, subs))
+        try:
+            async for raw in ws:
+                await self._client_frame(ws, raw, subs)
+        except ConnectionClosed:
+            pass
+        finally:
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+            self.connections.discard(ws)
+
+    async def _client_frame(
+        self, ws: ServerConnection, raw: str | bytes, subs: dict[str, tuple[str, str]]
+    ) -> None:
+        def error(message: str) -> str:
+            return orjson.dumps(
+                {"event": "bts:error", "channel": "", "data": {"code": None, "message": message}}
+            ).decode()
+
+        if len(raw) >= 512:
+            await ws.send(error("Message too long."))
+            return
+        try:
+            msg = orjson.loads(raw)
+            event = msg["event"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            await ws.send(error("Bad request."))
+            return
+        if event == "bts:heartbeat":
+            await ws.send(
+                orjson.dumps(
+                    {"event": "bts:heartbeat", "channel": "", "data": {"status": "success"}}
+                ).decode()
+            )
+            return
+        if event in ("bts:subscribe", "bts:unsubscribe"):
+            channel = (msg.get("data") or {}).get("channel") if isinstance(msg, dict) else None
+            where = split_channel(channel) if isinstance(channel, str) else None
+            if where is None:
+                await ws.send(error("Bad subscription string."))
+                return
+            if event == "bts:subscribe":
+                self.subscribe_requests += 1
+                subs[channel] = where  # type: ignore[index]
+                reply = "bts:subscription_succeeded"
+            else:
+                subs.pop(channel, None)  # type: ignore[arg-type]
+                reply = "bts:unsubscription_succeeded"
+            await ws.send(orjson.dumps({"event": reply, "channel": channel, "data": {}}).decode())
+            return
+        await ws.send(error("Unknown event."))
+
+    async def _feed(self, ws: ServerConnection, subs: dict[str, tuple[str, str]]) -> None:
+        started: dict[str, tuple[float, int]] = {}
+        tick = min(0.05, 1.0 / self.rate) if self.rate > 0 else 0.05
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            for name, (channel, market) in list(subs.items()):
+                if market not in self.markets:
+                    continue  # acknowledged, then silent, like the real server
+                if channel == "funding_rate" and not market.endswith("-perp"):
+                    continue  # perpetual markets only
+                t0, done = started.setdefault(name, (now, 0))
+                due = int((now - t0) * self.rate) + 1
+                key = (channel, market)
+                while done < due and (not self.limit or self.sent[key] < self.limit):
+                    frame = self.make_event(channel, market)
+                    await ws.send(orjson.dumps(frame).decode())
+                    self.sent[key] += 1
+                    if self.record:
+                        self.frames[key].append(frame)
+                    done += 1
+                started[name] = (t0, done)
+
+    # --- REST ------------------------------------------------------------------------
+    async def _rest(self, conn: ServerConnection, request: Request) -> Response | None:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return None
+        url = urlsplit(request.path)
+        query = parse_qs(url.query)
+        path = url.path
+        if path.rstrip("/") == "/api/v2/trading-pairs-info":
+            body: Any = [
+                {"name": m.upper(), "url_symbol": m, "trading": "Enabled"} for m in self.markets
+            ]
+            return _json(body)
+        if path == "/_sim/stats":
+            return _json({f"{c}_{m}": n for (c, m), n in self.sent.items()})
+        if path == "/_sim/fault":
+            kind = query.get("kind", [""])[0]
+            try:
+                n = await self.fault(kind)
+            except ValueError as exc:
+                return _json({"status": "error", "reason": str(exc)}, HTTPStatus.BAD_REQUEST)
+            return _json({"status": "ok", "connections": n})
+        m = _REST_TRADES.match(path) or _REST_BOOK.match(path)
+        if m is None or m.group(1) not in self.markets:
+            return _json(
+                {"status": "error", "reason": "Not found", "code": "404.001"}, HTTPStatus.NOT_FOUND
+            )
+        gen = self._gen(m.group(1))
+        if path.startswith("/api/v2/transactions/"):
+            span = {"minute": 60, "hour": 3600, "day": 86400}.get(query.get("time", ["hour"])[0])
+            if span is None:
+                return _json(
+                    {"status": "error", "reason": "Invalid time", "code": "400.002"},
+                    HTTPStatus.BAD_REQUEST,
+                )
+            since = int(time.time()) - span
+            return _json([t for t in reversed(gen.trades) if int(t["date"]) >= since])
+        now_us = time.time_ns() // 1000
+        return _json(
+            {
+                "timestamp": str(now_us // 10**6),
+                "microtimestamp": str(now_us),
+                "bids": gen.levels(0, self.book_depth, False),
+                "asks": gen.levels(1, self.book_depth, False),
+            }
+        )
+
+
+def _json(body: Any, status: HTTPStatus = HTTPStatus.OK) -> Response:
+    payload = orjson.dumps(body)
+    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+    return Response(status.value, status.phrase, headers, payload)

@@ -1,0 +1,62 @@
+"""Creates missing topics at start with the configured partitions and replication."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from connector.errors import DeliveryError
+
+log = logging.getLogger(__name__)
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+async def ensure_topics(
+    bootstrap_servers: str,
+    topics: list[str],
+    partitions: int,
+    replication_factor: int,
+    *,
+    timeout_s: float = 30.0,
+    security_protocol: str = "PLAINTEXT",
+) -> list[str]:
+    """Creates the topics that do not exist; returns the names created."""
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers,
+        request_timeout_ms=int(timeout_s * 1000),
+        security_protocol=security_protocol,
+    )
+    try:
+        await asyncio.wait_for(admin.start(), timeout_s)
+        existing = set(await asyncio.wait_for(admin.list_topics(), timeout_s))
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if not missing:
+            return []
+        response = await asyncio.wait_for(
+            admin.create_topics([NewTopic(t, partitions, replication_factor) for t in missing]),
+            timeout_s,
+        )
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise DeliveryError(
+            f"cannot create topics on {bootstrap_servers}: {exc!r}", retriable=True
+        ) from exc
+    finally:
+        try:
+            await asyncio.wait_for(admin.close(), 5)
+        except (KafkaError, OSError, TimeoutError):
+            log.debug("admin client close failed", exc_info=True)
+    created = []
+    for name, code, message in (e[:3] for e in response.topic_errors):
+        if code == 0:
+            created.append(name)
+        elif code != _TOPIC_ALREADY_EXISTS:
+            raise DeliveryError(
+                f"cannot create topic {name!r}: error {code} {message}", retriable=False
+            )
+    if created:
+        log.info("created %d topic(s): %s", len(created), ", ".join(created))
+    return created
