@@ -13,6 +13,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from typing import IO
 
 from connector.errors import BrokerStartError
 
@@ -44,12 +45,13 @@ class EmbeddedBroker:
         self.port = port or free_port()
         self.bootstrap = f"127.0.0.1:{self.port}"
         self._proc: subprocess.Popen[bytes] | None = None
-        # A file, not a pipe: an unread pipe would block the broker once it fills.
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the broker
+        self._stderr: IO[bytes] | None = None
 
     def start(self, timeout_s: float = 20.0) -> str:
         url = f"tcp://127.0.0.1:{self.port}"
         cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        # A file, not a pipe: an unread pipe would block the broker once it fills.
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the broker
         try:
             self._proc = subprocess.Popen(
                 cmd, stdout=subprocess.DEVNULL, stderr=self._stderr, start_new_session=True
@@ -61,6 +63,7 @@ class EmbeddedBroker:
             if self._proc.poll() is not None:
                 self._stderr.seek(0)
                 err = self._stderr.read().decode(errors="replace")
+                self.stop()
                 raise BrokerStartError(
                     f"embedded broker exited with status {self._proc.returncode}: {err[-500:]}"
                 )
@@ -81,6 +84,9 @@ class EmbeddedBroker:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
+        stderr, self._stderr = self._stderr, None
+        if stderr is not None:
+            stderr.close()
         if proc is None or proc.poll() is not None:
             return
         proc.terminate()

@@ -105,6 +105,7 @@ class Simulator:
         seed: int = 1,
         record: bool = False,
         book_depth: int = 100,
+        reject_markets: tuple[str, ...] = (),
     ) -> None:
         self.host = host
         self.port = port
@@ -114,6 +115,8 @@ class Simulator:
         self.seed = seed
         self.record = record
         self.book_depth = book_depth
+        self.reject_markets = set(reject_markets)
+        self.requests: dict[str, int] = defaultdict(int)  # subscribe frames per channel name
         self.sent: dict[tuple[str, str], int] = defaultdict(int)
         self.frames: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         self.connections: set[ServerConnection] = set()
@@ -347,6 +350,10 @@ class Simulator:
                 return
             if event == "bts:subscribe":
                 self.subscribe_requests += 1
+                self.requests[channel] += 1  # type: ignore[index]
+                if where[1] in self.reject_markets:  # type: ignore[index]
+                    await ws.send(error("Bad subscription string."))
+                    return
                 subs[channel] = where  # type: ignore[index]
                 reply = "bts:subscription_succeeded"
             else:

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import re
 import sys
+import time
 import uuid
 from typing import TextIO
 
@@ -59,15 +60,18 @@ async def tail(
     printed = bad = 0
     try:
         await consumer.start()
+        last_message = time.monotonic()
         while not max_messages or printed < max_messages:
-            batch = await consumer.getmany(timeout_ms=1000)
+            batch = await consumer.getmany(timeout_ms=500)
             if not batch:
-                idle_timeout_s -= 1.0 if idle_timeout_s > 0 else 0
-                if idle_timeout_s < 0:
+                if idle_timeout_s and time.monotonic() - last_message > idle_timeout_s:
                     break
                 continue
+            last_message = time.monotonic()
             for tp, msgs in batch.items():
                 for msg in msgs:
+                    if max_messages and printed >= max_messages:
+                        break
                     value = msg.value or b""
                     try:
                         sid = decoder.schema_id(value)

@@ -1,0 +1,33 @@
+# One virtualenv for everything; every target installs what it needs itself.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install run test lint simulate clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(BIN)/.installed
+
+## Run the connector against live Bitstamp on the embedded broker (Ctrl-C stops it).
+run: install
+	$(BIN)/connector run
+
+## A local Bitstamp-compatible server on ws://127.0.0.1:8765 (offline trials).
+simulate: install
+	$(BIN)/connector simulate
+
+lint: install
+	$(BIN)/ruff check connector tests
+	$(BIN)/mypy
+
+## Lint, type-check, and the whole test suite (pure, component, integration on a real broker).
+test: lint
+	$(BIN)/pytest -ra
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

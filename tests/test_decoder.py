@@ -1,0 +1,312 @@
+"""Pure decoder: documented frames, edge cases, and a property test on arbitrary input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connector.bitstamp.decoder import BitstampDecoder
+from connector.errors import ProtocolError
+from connector.events import (
+    BookDelta,
+    BookSnapshot,
+    ExchangeError,
+    FundingRate,
+    HeartbeatReply,
+    Level,
+    OrderEvent,
+    OrderEventType,
+    ReconnectRequested,
+    Side,
+    SubscriptionSucceeded,
+    Trade,
+    UnsubscriptionSucceeded,
+)
+from tests import frames as F
+
+
+def one(frame: dict[str, Any] | bytes | str, dec: BitstampDecoder | None = None) -> Any:
+    dec = dec or BitstampDecoder("conn-1")
+    data = frame if isinstance(frame, bytes | str) else F.raw(frame)
+    out = dec.feed(data, 1_700_000_001_000_000)
+    assert len(out) == 1
+    return out[0]
+
+
+def test_trade_keeps_exact_text_and_all_fields() -> None:
+    t = one(F.TRADE)
+    assert isinstance(t, Trade)
+    assert (t.exchange, t.market, t.channel) == ("bitstamp", "btcusd", "live_trades")
+    assert t.trade_id == "316811409"
+    assert t.price == "37012"
+    assert t.amount == "0.00050000"  # not 0.0005: the exchange's text, trailing zeros kept
+    assert t.side is Side.SELL
+    assert t.exchange_ts_us == 1_700_000_000_123_456
+    assert t.exchange_ts_raw == "1700000000123456"
+    assert t.receive_ts_us == 1_700_000_001_000_000
+    assert t.buy_order_id == "1700000000000001"
+    assert t.sell_order_id == "1700000000000002"
+    assert t.connection_id == "conn-1"
+    assert t.sequence == 1
+    assert t.extra == {}
+
+
+def test_perp_trade_id_above_2_pow_53_is_exact() -> None:
+    t = one(F.PERP_TRADE)
+    assert t.market == "btcusd-perp"
+    assert t.trade_id == "9007199254740993"
+    assert int(t.trade_id) == 2**53 + 1
+    assert t.side is Side.BUY
+
+
+def test_perp_id_without_id_str_is_still_exact() -> None:
+    frame = orjson.loads(F.raw(F.PERP_TRADE))
+    del frame["data"]["id_str"]
+    assert one(frame).trade_id == "9007199254740993"
+
+
+def test_price_only_as_json_number_keeps_its_text() -> None:
+    # No *_str twin: the frame is re-read keeping the number's original text.
+    text = (
+        '{"event":"trade","channel":"live_trades_btcusd","data":{"id":1,"type":0,'
+        '"price":37000.10,"amount":0.00010000,"microtimestamp":"1700000000000000"}}'
+    )
+    t = one(text)
+    assert t.price == "37000.10"
+    assert t.amount == "0.00010000"
+
+
+def test_unknown_fields_are_kept_in_extra() -> None:
+    frame = orjson.loads(F.raw(F.TRADE))
+    frame["data"]["new_field"] = {"nested": [1, 2]}
+    frame["data"]["flag"] = "x"
+    t = one(frame)
+    assert t.extra == {"new_field": '{"nested":[1,2]}', "flag": "x"}
+
+
+def test_trade_without_optional_order_ids() -> None:
+    frame = orjson.loads(F.raw(F.TRADE))
+    del frame["data"]["buy_order_id"], frame["data"]["sell_order_id"]
+    t = one(frame)
+    assert t.buy_order_id is None and t.sell_order_id is None
+
+
+def test_trade_seconds_timestamp_when_no_microtimestamp() -> None:
+    frame = orjson.loads(F.raw(F.TRADE))
+    del frame["data"]["microtimestamp"]
+    t = one(frame)
+    assert t.exchange_ts_us == 1_700_000_000_000_000
+    assert t.exchange_ts_raw == "1700000000"
+
+
+@pytest.mark.parametrize(
+    ("frame", "kind"),
+    [
+        (F.ORDER_CREATED, OrderEventType.CREATED),
+        ({**F.ORDER_CREATED, "event": "order_deleted"}, OrderEventType.DELETED),
+        (F.ORDER_CHANGED_NEW_FORMAT, OrderEventType.CHANGED),
+    ],
+)
+def test_live_orders(frame: dict[str, Any], kind: OrderEventType) -> None:
+    o = one(frame)
+    assert isinstance(o, OrderEvent)
+    assert o.event_type is kind
+    assert o.order_id == "1700000000000123"
+    assert o.side is Side.BUY
+    assert o.price == "36999"
+    assert o.amount_at_create == "0.50000000"
+    assert o.order_subtype == 0
+    assert o.is_liquidation is False
+    assert o.datetime_raw == "1700000000"
+    assert o.exchange_ts_us == 1_700_000_000_654_321
+
+
+def test_live_orders_new_format_chain_fields() -> None:
+    o = one(F.ORDER_CHANGED_NEW_FORMAT)
+    assert (o.event_id, o.pre_event_id, o.order_source) == ("88001", "88000", "orderbook")
+    assert o.amount == "0.25000000" and o.amount_traded == "0.25000000"
+    old = one(F.ORDER_CREATED)
+    assert (old.event_id, old.pre_event_id, old.order_source) == (None, None, None)
+
+
+def test_order_book_snapshot() -> None:
+    b = one(F.ORDER_BOOK)
+    assert type(b) is BookSnapshot
+    assert b.channel == "order_book"
+    assert b.bids == (Level("36999", "0.50000000"), Level("36998", "1.25000000"))
+    assert b.asks == (Level("37001", "0.10000000"),)
+
+
+def test_detail_order_book_has_order_ids() -> None:
+    b = one(F.DETAIL_ORDER_BOOK)
+    assert type(b) is BookSnapshot
+    assert b.channel == "detail_order_book"
+    assert b.bids[0].order_id == "1700000000000123"
+
+
+def test_diff_order_book_zero_amounts_kept_verbatim() -> None:
+    d = one(F.DIFF_ORDER_BOOK)
+    assert type(d) is BookDelta
+    assert d.bids[0] == Level("36999", "0.00000000")
+    assert d.asks[0] == Level("37001", "0")
+
+
+def test_funding_rate_millisecond_timestamps_normalised() -> None:
+    f = one(F.FUNDING_RATE)
+    assert isinstance(f, FundingRate)
+    assert f.market == "btcusd-perp"
+    assert f.funding_rate == "0.0000100"
+    assert f.exchange_ts_us == 1_700_000_000_123_000
+    assert f.exchange_ts_raw == "1700000000123"
+    assert f.next_funding_time_us == 1_700_003_600_000_000
+    assert f.next_funding_time_raw == "1700003600000"
+    assert f.extra == {}  # `market` agrees with the channel
+
+
+def test_funding_rate_saved_event_name_from_the_doc_table() -> None:
+    assert isinstance(one({**F.FUNDING_RATE, "event": "funding_rate_saved"}), FundingRate)
+
+
+def test_doc_control_frames() -> None:
+    assert one(F.DOC_HEARTBEAT_REPLY) == HeartbeatReply("success")
+    assert one(F.DOC_REQUEST_RECONNECT) == ReconnectRequested()
+    assert one(F.DOC_ERROR) == ExchangeError("", None, "Bad request.")
+    assert one(F.SUBSCRIBED) == SubscriptionSucceeded("live_trades_btcusd")
+    assert one(F.UNSUBSCRIBED) == UnsubscriptionSucceeded("live_trades_btcusd")
+
+
+def test_sequence_counts_published_events_only() -> None:
+    dec = BitstampDecoder("c")
+    assert one(F.TRADE, dec).sequence == 1
+    one(F.DOC_HEARTBEAT_REPLY, dec)
+    bad = orjson.loads(F.raw(F.TRADE))
+    del bad["data"]["price_str"], bad["data"]["price"]
+    with pytest.raises(ProtocolError):
+        one(bad, dec)
+    assert one(F.ORDER_BOOK, dec).sequence == 2
+
+
+@pytest.mark.parametrize(
+    ("frame", "reason"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"", "invalid_json"),
+        (b"\x00\x01\x02", "invalid_json"),
+        (b"[1,2,3]", "not_an_object"),
+        (b'{"channel":"live_trades_btcusd"}', "missing_field"),
+        (b'{"event":"mystery","channel":"live_trades_btcusd","data":{}}', "unknown_event"),
+        (b'{"event":"bts:mystery","channel":"","data":{}}', "unknown_event"),
+        (b'{"event":"trade","channel":"weird_btcusd","data":{}}', "unknown_channel"),
+        (b'{"event":"trade","channel":"order_book_btcusd","data":{}}', "unknown_event"),
+        (b'{"event":"trade","channel":"live_trades_btcusd","data":[]}', "invalid_field"),
+        (b'{"event":"trade","channel":"live_trades_btcusd","data":{"id":1}}', "missing_field"),
+        (
+            b'{"event":"trade","channel":"live_trades_btcusd","data":{"id":1,"type":0,'
+            b'"price_str":true,"amount_str":"1","microtimestamp":"1"}}',
+            "invalid_field",
+        ),
+        (
+            b'{"event":"data","channel":"order_book_btcusd","data":{"bids":[["1"]],"asks":[],'
+            b'"microtimestamp":"1700000000000000"}}',
+            "invalid_field",
+        ),
+        (
+            b'{"event":"data","channel":"order_book_btcusd","data":{"bids":[],"asks":[],'
+            b'"microtimestamp":"yesterday"}}',
+            "invalid_field",
+        ),
+        (b'{"event":"trade","channel":3,"data":{}}', "invalid_field"),
+    ],
+)
+def test_malformed_frames_raise_protocol_error(frame: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        BitstampDecoder("c").feed(frame, 0)
+    assert info.value.reason == reason
+    assert info.value.frame == frame
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=5)
+    ),
+    max_leaves=20,
+)
+field_names = st.sampled_from(
+    [
+        "id",
+        "id_str",
+        "price",
+        "price_str",
+        "amount",
+        "amount_str",
+        "type",
+        "microtimestamp",
+        "timestamp",
+        "bids",
+        "asks",
+        "order_type",
+        "datetime",
+        "funding_rate",
+        "order_subtype",
+        "is_liquidation",
+        "next_funding_time",
+        "event_id",
+        "buy_order_id",
+    ]
+)
+frames_like_bitstamp = st.fixed_dictionaries(
+    {
+        "event": st.sampled_from(
+            [
+                "trade",
+                "order_created",
+                "order_changed",
+                "order_deleted",
+                "data",
+                "funding_rate",
+                "bts:error",
+                "bts:heartbeat",
+                "bts:subscription_succeeded",
+                "x",
+            ]
+        ),
+        "channel": st.sampled_from(
+            [
+                "live_trades_btcusd",
+                "live_orders_ethusd",
+                "order_book_btcusd",
+                "detail_order_book_btcusd",
+                "diff_order_book_btcusd-perp",
+                "funding_rate_btcusd-perp",
+                "",
+                "live_trades_",
+            ]
+        ),
+        "data": st.dictionaries(field_names, json_values, max_size=10) | json_values,
+    }
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
+def test_arbitrary_bytes_raise_only_protocol_error(frame: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        BitstampDecoder("c").feed(frame, 0)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(frames_like_bitstamp)
+def test_arbitrary_bitstamp_shaped_frames_raise_only_protocol_error(frame: dict[str, Any]) -> None:
+    text = json.dumps(frame)
+    try:
+        out = BitstampDecoder("c").feed(text, 0)
+    except ProtocolError:
+        return
+    assert len(out) == 1

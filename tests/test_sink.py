@@ -1,0 +1,133 @@
+"""Kafka sink against a real broker: pipelining, order, permanent failures, an outage."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from connector.embedded import EmbeddedBroker, free_port
+from connector.metrics import Metrics
+from connector.settings import load_settings
+from connector.sink import KafkaSink
+from connector.topics import ensure_topics
+from tests.conftest import Broker
+
+pytestmark = pytest.mark.integration
+
+
+def _settings(broker_env: dict[str, str], **kw: object):  # type: ignore[no-untyped-def]
+    return load_settings(
+        kafka_bootstrap_servers=broker_env["KAFKA_BOOTSTRAP_SERVERS"],
+        kafka_enable_idempotence=broker_env["CONNECTOR_KAFKA_ENABLE_IDEMPOTENCE"] == "true",
+        **kw,
+    )
+
+
+async def consume(bootstrap: str, topic: str, n: int, timeout: float = 30) -> list[bytes]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(out) < n:
+                batch = await consumer.getmany(timeout_ms=500)
+                for msgs in batch.values():
+                    out.extend(m.value for m in msgs)
+    except TimeoutError:
+        pass
+    finally:
+        await consumer.stop()
+    return out
+
+
+async def test_many_records_in_flight_all_acked_in_order(broker: Broker, topic_prefix: str) -> None:
+    topic = f"{topic_prefix}.sink"
+    await ensure_topics(broker.bootstrap, [topic], 1, 1)
+    metrics = Metrics()
+    sink = KafkaSink(_settings(broker.env(), kafka_max_in_flight=500), broker.bootstrap, metrics)
+    await sink.start()
+    route = metrics.route("bitstamp", "live_trades", "btcusd")
+    for i in range(5000):
+        await sink.send(topic, b"btcusd", b"%06d" % i, [("h", b"v")], route, 0.0)
+    assert await sink.flush(30)
+    assert await sink.close() == 0
+    assert sink.delivered == 5000 and sink.failed == 0
+    assert route.published._value.get() == 5000
+    values = await consume(broker.bootstrap, topic, 5000)
+    assert values == [b"%06d" % i for i in range(5000)]
+
+
+async def test_permanent_rejection_is_counted_not_silent(
+    broker: Broker, topic_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    topic = f"{topic_prefix}.big"
+    await ensure_topics(broker.bootstrap, [topic], 1, 1)
+    metrics = Metrics()
+    settings = _settings(broker.env(), kafka_max_batch_bytes=16384, ws_max_size_bytes=65536)
+    sink = KafkaSink(settings, broker.bootstrap, metrics)
+    await sink.start()
+    route = metrics.route("bitstamp", "order_book", "btcusd")
+    await sink.send(topic, b"k", b"x" * 200_000, [], route, 0.0)  # over max_request_size
+    await sink.send(topic, b"k", b"small", [], route, 0.0)
+    assert await sink.flush(30)
+    await sink.close()
+    assert (sink.delivered, sink.failed) == (1, 1)
+    failed = metrics.events_failed.labels(
+        "bitstamp", "order_book", "btcusd", "MessageSizeTooLargeError"
+    )
+    assert failed._value.get() == 1
+    assert "rejected a 200000-byte record" in caplog.text
+
+
+async def test_outage_then_recovery_delivers_everything_in_order(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Stops the (embedded) broker mid-stream and starts a new one on the same port."""
+    caplog.set_level(logging.INFO)
+    port = free_port()
+    first = EmbeddedBroker(port)
+    bootstrap = first.start()
+    topic = "outage.test"
+    await ensure_topics(bootstrap, [topic], 1, 1)
+    metrics = Metrics()
+    settings = load_settings(
+        kafka_bootstrap_servers=bootstrap,
+        kafka_enable_idempotence=False,
+        kafka_request_timeout_ms=2000,
+        kafka_retry_backoff_max_s=1.0,
+    )
+    sink = KafkaSink(settings, bootstrap, metrics)
+    await sink.start()
+    route = metrics.route("bitstamp", "live_trades", "btcusd")
+    for i in range(100):
+        await sink.send(topic, b"k", b"%04d" % i, [], route, 0.0)
+    assert await sink.flush(20)
+    first.stop()  # the broker is gone (memory storage: its data too)
+    for i in range(100, 300):
+        await sink.send(topic, b"k", b"%04d" % i, [], route, 0.0)
+    await asyncio.sleep(4)  # sends time out and go to ordered retry
+    assert sink.pending > 0
+    second = EmbeddedBroker(port)
+    second.start()
+    try:
+        await ensure_topics(bootstrap, [topic], 1, 1)
+        assert await sink.flush(60), f"{sink.pending} records still pending"
+        await sink.close()
+        assert sink.failed == 0 and sink.delivered == 300
+        values = await consume(bootstrap, topic, 200)
+    finally:
+        second.stop()
+    assert values == [b"%04d" % i for i in range(100, 300)]  # all of them, in order
+    assert "retrying in order" in caplog.text
+    assert (
+        sum(
+            s.value
+            for m in metrics.send_retries.collect()
+            for s in m.samples
+            if s.name.endswith("_total")
+        )
+        > 0
+    )
