@@ -99,16 +99,28 @@ class Settings(BaseSettings):
         description="Replication factor of created topics; -1 uses the broker's default.",
     )
     create_topics: bool = Field(default=True, description="Create missing topics at start.")
-    kafka_client_id: str = Field(default="exchange-connector", min_length=1)
-    kafka_compression: Literal["lz4", "zstd", "gzip", "snappy", "none"] = "lz4"
-    kafka_linger_ms: int = Field(default=5, ge=0, le=10_000)
-    kafka_max_batch_bytes: int = Field(default=256 * 1024, ge=1024)
+    kafka_client_id: str = Field(
+        default="exchange-connector", min_length=1, description="Kafka client.id of the producer."
+    )
+    kafka_compression: Literal["lz4", "zstd", "gzip", "snappy", "none"] = Field(
+        default="lz4", description="Producer compression codec."
+    )
+    kafka_linger_ms: int = Field(
+        default=5, ge=0, le=10_000, description="How long the producer waits to fill a batch."
+    )
+    kafka_max_batch_bytes: int = Field(
+        default=256 * 1024, ge=1024, description="Largest producer batch per partition."
+    )
     kafka_enable_idempotence: bool | None = Field(
         default=None,
         description="Idempotent producer; unset means on for an external Kafka, off for the "
         "embedded broker (it does not support InitProducerId).",
     )
-    kafka_request_timeout_ms: int = Field(default=30_000, ge=1000)
+    kafka_request_timeout_ms: int = Field(
+        default=30_000,
+        ge=1000,
+        description="Kafka request deadline; without idempotence also the batch expiry.",
+    )
     kafka_send_timeout_s: float = Field(
         default=60.0, gt=0, description="Deadline for one delivery attempt of one record."
     )
@@ -117,24 +129,44 @@ class Settings(BaseSettings):
         ge=1,
         description="Records accepted but not yet acknowledged; reading pauses beyond it.",
     )
-    kafka_retry_backoff_max_s: float = Field(default=10.0, gt=0)
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_retry_backoff_max_s: float = Field(
+        default=10.0, gt=0, description="Cap of the backoff between ordered retry rounds."
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="Kafka security protocol."
+    )
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0, description="Deadline to deliver what is in flight on shutdown."
     )
     embedded_broker_port: int = Field(default=0, ge=0, le=65535, description="0: a free port.")
 
     # --- exchange connection -------------------------------------------------------
-    ws_max_size_bytes: int = Field(default=16 * 1024 * 1024, ge=64 * 1024)
-    ws_open_timeout_s: float = Field(default=10.0, gt=0)
-    heartbeat_interval_s: float = Field(default=15.0, gt=0)
-    heartbeat_timeout_s: float = Field(default=10.0, gt=0)
-    subscribe_timeout_s: float = Field(default=10.0, gt=0)
+    ws_max_size_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=64 * 1024,
+        description="Largest WebSocket frame accepted (order books can exceed 1 MiB).",
+    )
+    ws_open_timeout_s: float = Field(
+        default=10.0, gt=0, description="Deadline for the WebSocket handshake."
+    )
+    heartbeat_interval_s: float = Field(
+        default=15.0, gt=0, description="How often bts:heartbeat is sent."
+    )
+    heartbeat_timeout_s: float = Field(
+        default=10.0, gt=0, description="No heartbeat reply this long: the connection is dead."
+    )
+    subscribe_timeout_s: float = Field(
+        default=10.0, gt=0, description="No subscription confirmation this long: rejected."
+    )
     silence_warning_s: float = Field(
         default=120.0, gt=0, description="Warn when a subscription has sent nothing this long."
     )
-    reconnect_backoff_initial_s: float = Field(default=0.5, gt=0)
-    reconnect_backoff_max_s: float = Field(default=30.0, gt=0)
+    reconnect_backoff_initial_s: float = Field(
+        default=0.5, gt=0, description="First reconnect backoff (doubles, full jitter)."
+    )
+    reconnect_backoff_max_s: float = Field(
+        default=30.0, gt=0, description="Cap of the reconnect backoff."
+    )
     resubscribe_backoff_s: float = Field(
         default=60.0, gt=0, description="Wait before retrying a subscription the exchange rejected."
     )
@@ -147,8 +179,12 @@ class Settings(BaseSettings):
         validation_alias=_alias("CONNECTOR_HTTP_PORT", "http_port"),
         description="Port of the /metrics endpoint; 0 disables it.",
     )
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text", description="text, or json: one JSON object per line."
+    )
     schema_dir: Path | None = Field(default=None, description="Avro schemas; default schemas/.")
 
     @field_validator("exchanges", "markets", "channels", mode="before")

@@ -146,3 +146,18 @@ def test_broken_schema_file_is_a_clear_error(tmp_path: Path) -> None:
         load_schemas(tmp_path)
     with pytest.raises(SchemaError, match="no Avro schemas"):
         load_schemas(tmp_path / "empty")
+
+
+def test_readme_consumer_example_decodes_our_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    readme = (SCHEMA_DIR.parent / "README.md").read_text()
+    code = readme.split("### Reading it in Python", 1)[1].split("```python\n", 1)[1]
+    code = code.split("```", 1)[0]
+    monkeypatch.chdir(SCHEMA_DIR.parent)
+    namespace: dict[str, object] = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    schemas = namespace["schemas"]
+    assert isinstance(schemas, dict)
+    event = decoded_events()[0]
+    value = single_object_encoder(load_schemas()[event.SCHEMA]).encode(event)
+    record = fastavro.schemaless_reader(io.BytesIO(value[10:]), schemas[value[2:10]], None)
+    assert record == event.to_record()

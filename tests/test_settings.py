@@ -160,3 +160,12 @@ def test_cli_check_config_prints_effective_settings_without_secrets() -> None:
     assert out["markets"] == ["ethusd"]
     assert "topsecret" not in r.stdout + r.stderr
     assert "CONNECTOR_MARKET is not a setting" in r.stderr
+
+
+def test_readme_documents_every_setting() -> None:
+    from connector.settings import Settings
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    for name, info in Settings.model_fields.items():
+        assert info.description, f"setting {name} has no description"
+        assert f"| `{name}` | `{env_name(name)}` |" in readme, f"README lacks {name}"
