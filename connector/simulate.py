@@ -343,21 +343,22 @@ class Simulator:
             )
             return
         if event in ("bts:subscribe", "bts:unsubscribe"):
-            channel = (msg.get("data") or {}).get("channel") if isinstance(msg, dict) else None
+            data = msg.get("data") if isinstance(msg, dict) else None
+            channel = data.get("channel") if isinstance(data, dict) else None
             where = split_channel(channel) if isinstance(channel, str) else None
-            if where is None:
+            if where is None or not isinstance(channel, str):
                 await ws.send(error("Bad subscription string."))
                 return
             if event == "bts:subscribe":
                 self.subscribe_requests += 1
-                self.requests[channel] += 1  # type: ignore[index]
-                if where[1] in self.reject_markets:  # type: ignore[index]
+                self.requests[channel] += 1
+                if where[1] in self.reject_markets:
                     await ws.send(error("Bad subscription string."))
                     return
-                subs[channel] = where  # type: ignore[index]
+                subs[channel] = where
                 reply = "bts:subscription_succeeded"
             else:
-                subs.pop(channel, None)  # type: ignore[arg-type]
+                subs.pop(channel, None)
                 reply = "bts:unsubscription_succeeded"
             await ws.send(orjson.dumps({"event": reply, "channel": channel, "data": {}}).decode())
             return
