@@ -41,15 +41,25 @@ def broker_binary() -> str:
 
 
 class EmbeddedBroker:
-    def __init__(self, port: int = 0) -> None:
+    def __init__(self, port: int = 0, advertised_port: int = 0) -> None:
+        """``advertised_port``: the port clients are told to use (e.g. behind a proxy)."""
         self.port = port or free_port()
-        self.bootstrap = f"127.0.0.1:{self.port}"
+        self.advertised_port = advertised_port or self.port
+        self.bootstrap = f"127.0.0.1:{self.advertised_port}"
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: IO[bytes] | None = None
 
     def start(self, timeout_s: float = 20.0) -> str:
         url = f"tcp://127.0.0.1:{self.port}"
-        cmd = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
+        advertised = f"tcp://127.0.0.1:{self.advertised_port}"
+        cmd = [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            advertised,
+        ]
         # A file, not a pipe: an unread pipe would block the broker once it fills.
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the broker
         try:

@@ -236,24 +236,25 @@ class KafkaSink:
     async def _retry_loop(self) -> None:
         s = self._settings
         rounds = 0
+        resent = 0
         while True:
             await self._retry_wanted.wait()
             cap = min(s.kafka_retry_backoff_max_s, 0.1 * 2**rounds)
             await asyncio.sleep(random.uniform(cap / 2, cap))
             await self._settled.wait()  # everything handed to aiokafka has an outcome
-            if not self._retry:
+            if self._retry:
+                failures_before = self._failures
+                batch = [heapq.heappop(self._retry) for _ in range(len(self._retry))]
+                resent += len(batch)
+                for rec in batch:
+                    await self._submit(rec)
+                await self._settled.wait()
+                rounds = rounds + 1 if self._failures > failures_before else 0
+            if not self._retry:  # the round was acknowledged and nothing queued meanwhile
                 self._retrying = False
                 self._retry_wanted.clear()
-                if rounds:
-                    log.info("Kafka sends recovered; retry mode left")
-                rounds = 0
-                continue
-            failures_before = self._failures
-            batch = [heapq.heappop(self._retry) for _ in range(len(self._retry))]
-            for rec in batch:
-                await self._submit(rec)
-            await self._settled.wait()
-            rounds = rounds + 1 if self._failures > failures_before else 0
+                log.info("Kafka sends recovered: %d record(s) resent in order", resent)
+                rounds = resent = 0
 
     async def _watchdog(self) -> None:
         limit = self._settings.kafka_send_timeout_s

@@ -14,6 +14,7 @@ from connector.settings import load_settings
 from connector.sink import KafkaSink
 from connector.topics import ensure_topics
 from tests.conftest import Broker
+from tests.netfault import FaultyLink
 
 pytestmark = pytest.mark.integration
 
@@ -85,43 +86,51 @@ async def test_permanent_rejection_is_counted_not_silent(
 async def test_outage_then_recovery_delivers_everything_in_order(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """Stops the (embedded) broker mid-stream and starts a new one on the same port."""
+    """Cuts the network to the broker mid-stream, then restores it.
+
+    The embedded broker advertises the proxy's port, so every producer connection goes
+    through the link we cut. The broker keeps its data: every record must be there, once,
+    in order.
+    """
     caplog.set_level(logging.INFO)
-    port = free_port()
-    first = EmbeddedBroker(port)
-    bootstrap = first.start()
+    link_port = free_port()
+    broker = EmbeddedBroker(advertised_port=link_port)
+    broker.start()
+    link = FaultyLink(broker.port, link_port)
+    await link.restore()
+    bootstrap = broker.bootstrap
     topic = "outage.test"
-    await ensure_topics(bootstrap, [topic], 1, 1)
-    metrics = Metrics()
-    settings = load_settings(
-        kafka_bootstrap_servers=bootstrap,
-        kafka_enable_idempotence=False,
-        kafka_request_timeout_ms=2000,
-        kafka_retry_backoff_max_s=1.0,
-    )
-    sink = KafkaSink(settings, bootstrap, metrics)
-    await sink.start()
-    route = metrics.route("bitstamp", "live_trades", "btcusd")
-    for i in range(100):
-        await sink.send(topic, b"k", b"%04d" % i, [], route, 0.0)
-    assert await sink.flush(20)
-    first.stop()  # the broker is gone (memory storage: its data too)
-    for i in range(100, 300):
-        await sink.send(topic, b"k", b"%04d" % i, [], route, 0.0)
-    await asyncio.sleep(4)  # sends time out and go to ordered retry
-    assert sink.pending > 0
-    second = EmbeddedBroker(port)
-    second.start()
     try:
         await ensure_topics(bootstrap, [topic], 1, 1)
+        metrics = Metrics()
+        settings = load_settings(
+            kafka_bootstrap_servers=bootstrap,
+            kafka_enable_idempotence=False,
+            kafka_request_timeout_ms=2000,
+            kafka_retry_backoff_max_s=1.0,
+        )
+        sink = KafkaSink(settings, bootstrap, metrics)
+        await sink.start()
+        route = metrics.route("bitstamp", "live_trades", "btcusd")
+        for i in range(100):
+            await sink.send(topic, b"k", b"%04d" % i, [], route, 0.0)
+        assert await sink.flush(20)
+        await link.cut()
+        for i in range(100, 300):
+            await sink.send(topic, b"k", b"%04d" % i, [], route, 0.0)
+        await asyncio.sleep(5)  # sends time out (2 s) and go to ordered retry
+        assert sink.pending == 200 and sink.delivered == 100
+        await link.restore()
         assert await sink.flush(60), f"{sink.pending} records still pending"
         await sink.close()
-        assert sink.failed == 0 and sink.delivered == 300
-        values = await consume(bootstrap, topic, 200)
+        values = await consume(bootstrap, topic, 300)
     finally:
-        second.stop()
-    assert values == [b"%04d" % i for i in range(100, 300)]  # all of them, in order
+        await link.cut()
+        broker.stop()
+    assert sink.failed == 0 and sink.delivered == 300
+    assert values == [b"%04d" % i for i in range(300)]  # all of them, once, in order
     assert "retrying in order" in caplog.text
+    assert "Kafka sends recovered" in caplog.text
     assert (
         sum(
             s.value
