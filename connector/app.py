@@ -75,11 +75,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
     http_server: WSGIServer | None = None
     try:
         bootstrap = settings.kafka_bootstrap_servers
-        replication = settings.topic_replication_factor
         if bootstrap is None:
             broker = EmbeddedBroker(settings.embedded_broker_port)
             bootstrap = await broker.astart()
-            replication = 1
             log.info(
                 "KAFKA_BOOTSTRAP_SERVERS is unset: using the embedded broker at %s "
                 "(memory only, idempotence off)",
@@ -115,7 +113,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
                     bootstrap,
                     topics,
                     settings.topic_partitions,
-                    replication,
+                    settings.topic_replication_factor,
                     security_protocol=settings.kafka_security_protocol,
                 ),
                 settings,

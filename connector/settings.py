@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     topic_replication_factor: int = Field(
         default=-1,
         ge=-1,
-        description="Replication factor of created topics; -1 uses the broker's default.",
+        description="Replication factor of created topics; -1: min(3, brokers in the cluster).",
     )
     create_topics: bool = Field(default=True, description="Create missing topics at start.")
     kafka_client_id: str = Field(

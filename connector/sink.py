@@ -253,16 +253,23 @@ class KafkaSink:
             if not self._retry:  # the round was acknowledged and nothing queued meanwhile
                 self._retrying = False
                 self._retry_wanted.clear()
-                log.info("Kafka sends recovered: %d record(s) resent in order", resent)
+                log.info("Kafka sends recovered after %d ordered resend(s)", resent)
                 rounds = resent = 0
 
     async def _watchdog(self) -> None:
         limit = self._settings.kafka_send_timeout_s
+        last_report = 0.0
         while True:
             await asyncio.sleep(min(limit, 5.0))
             self._metrics.in_flight.set(self._pending)
             oldest = next(iter(self._unacked.values()), None)
-            if oldest is not None and time.monotonic() - oldest.first_sent > limit:
+            now = time.monotonic()
+            if (
+                oldest is not None
+                and now - oldest.first_sent > limit
+                and now - last_report >= limit
+            ):
+                last_report = now
                 log.error(
                     "%d record(s) unacknowledged, the oldest for over %.0fs: Kafka is not "
                     "accepting writes (still retrying)",

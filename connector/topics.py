@@ -13,6 +13,7 @@ from connector.errors import DeliveryError
 log = logging.getLogger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36
+AUTO_REPLICATION = -1
 
 
 async def ensure_topics(
@@ -36,6 +37,14 @@ async def ensure_topics(
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if not missing:
             return []
+        if replication_factor == AUTO_REPLICATION:
+            # aiokafka speaks CreateTopics v0-v3, where "-1 = broker default" (KIP-464, v4)
+            # is not available: choose min(3, brokers) ourselves.
+            cluster = await asyncio.wait_for(admin.describe_cluster(), timeout_s)
+            replication_factor = max(1, min(3, len(cluster.get("brokers") or [])))
+            log.info(
+                "replication factor for new topics: %d (auto: min(3, brokers))", replication_factor
+            )
         response = await asyncio.wait_for(
             admin.create_topics([NewTopic(t, partitions, replication_factor) for t in missing]),
             timeout_s,

@@ -35,7 +35,6 @@ class Broker:
         return {
             "KAFKA_BOOTSTRAP_SERVERS": self.bootstrap,
             "CONNECTOR_KAFKA_ENABLE_IDEMPOTENCE": "true" if self.idempotence else "false",
-            "CONNECTOR_TOPIC_REPLICATION_FACTOR": "1",
         }
 
 

@@ -108,6 +108,7 @@ async def test_outage_then_recovery_delivers_everything_in_order(
             kafka_enable_idempotence=False,
             kafka_request_timeout_ms=2000,
             kafka_retry_backoff_max_s=1.0,
+            kafka_send_timeout_s=1.0,
         )
         sink = KafkaSink(settings, bootstrap, metrics)
         await sink.start()
@@ -130,7 +131,9 @@ async def test_outage_then_recovery_delivers_everything_in_order(
     assert sink.failed == 0 and sink.delivered == 300
     assert values == [b"%04d" % i for i in range(300)]  # all of them, once, in order
     assert "retrying in order" in caplog.text
-    assert "Kafka sends recovered" in caplog.text
+    assert "Kafka sends recovered after" in caplog.text
+    # the watchdog said, while it lasted, that records were overdue
+    assert "200 record(s) unacknowledged, the oldest for over 1s" in caplog.text
     assert (
         sum(
             s.value
@@ -140,3 +143,20 @@ async def test_outage_then_recovery_delivers_everything_in_order(
         )
         > 0
     )
+
+
+async def test_auto_replication_factor_fits_the_cluster(broker: Broker, topic_prefix: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    topic = f"{topic_prefix}.auto-rf"
+    assert await ensure_topics(broker.bootstrap, [topic], 2, -1) == [topic]
+    assert await ensure_topics(broker.bootstrap, [topic], 2, -1) == []  # exists: untouched
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        (desc,) = await admin.describe_topics([topic])
+        brokers = len((await admin.describe_cluster())["brokers"])
+    finally:
+        await admin.close()
+    assert len(desc["partitions"]) == 2
+    assert all(len(p["replicas"]) == min(3, brokers) for p in desc["partitions"])
