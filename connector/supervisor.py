@@ -123,7 +123,11 @@ class Connection:
             except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
                 reason, immediate = type(exc).__name__, False
                 log.warning(
-                    "[conn %d %s] connection failed: %r", self.index, self.connection_id, exc
+                    "[conn %d %s] connection to %s failed: %r",
+                    self.index,
+                    self.connection_id,
+                    self._settings.bitstamp_ws_url,
+                    exc,
                 )
             else:
                 return  # stop requested
