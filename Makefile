@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test lint simulate clean
+.PHONY: install run test lint simulate bench clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,8 +21,12 @@ run: install
 simulate: install
 	$(BIN)/connector simulate
 
+## Benchmark: rate steps end to end on a real broker, plus 250 markets x 6 channels memory.
+bench: install
+	$(BIN)/python bench/run.py
+
 lint: install
-	$(BIN)/ruff check connector tests
+	$(BIN)/ruff check connector tests bench
 	$(BIN)/mypy
 
 ## Lint, type-check, and the whole test suite (pure, component, integration on a real broker).

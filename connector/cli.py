@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--book-depth", type=int, default=100)
+    s.add_argument(
+        "--mix",
+        default="",
+        help="relative rate per channel, e.g. live_orders=8,order_book=2 (default 1)",
+    )
     return p
 
 
@@ -111,6 +116,13 @@ async def _simulate(args: argparse.Namespace) -> int:
     from connector.simulate import Simulator
 
     markets = tuple(m.strip() for m in args.markets.split(",") if m.strip())
+    weights = {}
+    for item in filter(None, (i.strip() for i in args.mix.split(","))):
+        channel, _, weight = item.partition("=")
+        try:
+            weights[channel] = float(weight)
+        except ValueError:
+            raise ConfigError(f"--mix {item!r}: expected channel=number") from None
     sim = Simulator(
         args.host,
         args.port,
@@ -119,6 +131,7 @@ async def _simulate(args: argparse.Namespace) -> int:
         events_per_subscription=args.events,
         seed=args.seed,
         book_depth=args.book_depth,
+        rate_weights=weights,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 
 class Side(StrEnum):
@@ -29,14 +29,20 @@ class OrderEventType(StrEnum):
     UNKNOWN = "UNKNOWN"
 
 
-class Level(NamedTuple):
-    price: str
-    amount: str
-    order_id: str | None = None
+# One book level: (price, amount) for aggregated books, (price, amount, order_id) for
+# order-level books. Plain tuples: books carry hundreds of them per message.
+Level = tuple[str, str] | tuple[str, str, str]
+
+
+def level(price: str, amount: str, order_id: str | None = None) -> Level:
+    return (price, amount) if order_id is None else (price, amount, order_id)
 
 
 def _levels(levels: tuple[Level, ...]) -> list[dict[str, str | None]]:
-    return [{"price": p, "amount": a, "order_id": o} for p, a, o in levels]
+    return [
+        {"price": lv[0], "amount": lv[1], "order_id": lv[2] if len(lv) > 2 else None}
+        for lv in levels
+    ]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,12 +13,20 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 
 from connector import __version__
 
+# Fine below 10 ms, where the latency target lies; coarse above for outages.
 _LATENCY_BUCKETS = (
+    0.00025,
     0.0005,
+    0.00075,
     0.001,
-    0.0025,
+    0.0015,
+    0.002,
+    0.003,
+    0.004,
     0.005,
+    0.0075,
     0.01,
+    0.015,
     0.025,
     0.05,
     0.1,
@@ -29,6 +37,7 @@ _LATENCY_BUCKETS = (
     5.0,
     10.0,
     30.0,
+    60.0,
 )
 
 

@@ -65,6 +65,8 @@ class _Gen:
     event_id: int = 0
     open_orders: deque[tuple[int, int, str, str]] = field(default_factory=lambda: deque(maxlen=200))
     trades: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=5000))
+    books: dict[tuple[int, bool], list[list[str]]] = field(default_factory=dict)
+    book_events: int = 0
 
     @property
     def perp(self) -> bool:
@@ -81,6 +83,24 @@ class _Gen:
 
     def amount(self) -> str:
         return _q(Decimal(self.rng.randint(1, 5_000_000)) / Decimal(10**6), 8)
+
+    def book(self, side: int, n: int, with_ids: bool) -> list[list[str]]:
+        """A top-n book side that evolves: a few levels change per event, and the whole
+        side is rebuilt around the moving mid now and then (cheap enough for benchmarks).
+        Returns a fresh list the caller may keep."""
+        key = (side, with_ids)
+        levels = self.books.get(key)
+        if levels is None or len(levels) != n or self.book_events % 200 == 0:
+            levels = self.books[key] = self.levels(side, n, with_ids)
+        else:
+            for _ in range(3):
+                lvl = levels[self.rng.randrange(n)]
+                lvl[1] = self.amount()
+                if with_ids:
+                    self.order_id += 1
+                    lvl[2] = str(self.order_id)
+        self.book_events += 1
+        return [list(lvl) for lvl in levels]
 
     def levels(self, side: int, n: int, with_ids: bool) -> list[list[str]]:
         out = []
@@ -106,6 +126,7 @@ class Simulator:
         record: bool = False,
         book_depth: int = 100,
         reject_markets: tuple[str, ...] = (),
+        rate_weights: dict[str, float] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -116,6 +137,9 @@ class Simulator:
         self.record = record
         self.book_depth = book_depth
         self.reject_markets = set(reject_markets)
+        # Relative rates per channel (default 1): rate x weight events/s per subscription.
+        self.rate_weights = dict(rate_weights or {})
+        self._rate_epoch = 0
         self.requests: dict[str, int] = defaultdict(int)  # subscribe frames per channel name
         self.sent: dict[tuple[str, str], int] = defaultdict(int)
         self.frames: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -163,6 +187,11 @@ class Simulator:
             await stop.wait()
         finally:
             await self.stop()
+
+    def set_rate(self, rate: float) -> None:
+        """Changes the per-subscription rate from now on (no burst to catch up)."""
+        self.rate = rate
+        self._rate_epoch += 1
 
     # --- faults ----------------------------------------------------------------------
     async def fault(self, kind: str) -> int:
@@ -274,8 +303,8 @@ class Simulator:
             data = {
                 "timestamp": str(now_us // 10**6),
                 "microtimestamp": str(now_us),
-                "bids": g.levels(0, self.book_depth, ids),
-                "asks": g.levels(1, self.book_depth, ids),
+                "bids": g.book(0, self.book_depth, ids),
+                "asks": g.book(1, self.book_depth, ids),
             }
             return {"data": data, "channel": name, "event": "data"}
         if channel == "diff_order_book":
@@ -366,17 +395,22 @@ class Simulator:
 
     async def _feed(self, ws: ServerConnection, subs: dict[str, tuple[str, str]]) -> None:
         started: dict[str, tuple[float, int]] = {}
-        tick = min(0.05, 1.0 / self.rate) if self.rate > 0 else 0.05
+        epoch = self._rate_epoch
         while True:
-            await asyncio.sleep(tick)
+            await asyncio.sleep(
+                0.01 if self.rate * max(self.rate_weights.values(), default=1) >= 20 else 0.05
+            )
             now = time.monotonic()
+            if epoch != self._rate_epoch:
+                epoch = self._rate_epoch
+                started.clear()
             for name, (channel, market) in list(subs.items()):
                 if market not in self.markets:
                     continue  # acknowledged, then silent, like the real server
                 if channel == "funding_rate" and not market.endswith("-perp"):
                     continue  # perpetual markets only
                 t0, done = started.setdefault(name, (now, 0))
-                due = int((now - t0) * self.rate) + 1
+                due = int((now - t0) * self.rate * self.rate_weights.get(channel, 1.0)) + 1
                 key = (channel, market)
                 while done < due and (not self.limit or self.sent[key] < self.limit):
                     frame = self.make_event(channel, market)
@@ -401,6 +435,14 @@ class Simulator:
             return _json(body)
         if path == "/_sim/stats":
             return _json({f"{c}_{m}": n for (c, m), n in self.sent.items()})
+        if path == "/_sim/rate":
+            try:
+                self.set_rate(float(query.get("value", [""])[0]))
+            except ValueError:
+                return _json(
+                    {"status": "error", "reason": "value must be a number"}, HTTPStatus.BAD_REQUEST
+                )
+            return _json({"status": "ok", "rate": self.rate})
         if path == "/_sim/fault":
             kind = query.get("kind", [""])[0]
             try:

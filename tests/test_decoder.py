@@ -19,7 +19,6 @@ from connector.events import (
     ExchangeError,
     FundingRate,
     HeartbeatReply,
-    Level,
     OrderEvent,
     OrderEventType,
     ReconnectRequested,
@@ -139,22 +138,22 @@ def test_order_book_snapshot() -> None:
     b = one(F.ORDER_BOOK)
     assert type(b) is BookSnapshot
     assert b.channel == "order_book"
-    assert b.bids == (Level("36999", "0.50000000"), Level("36998", "1.25000000"))
-    assert b.asks == (Level("37001", "0.10000000"),)
+    assert b.bids == (("36999", "0.50000000"), ("36998", "1.25000000"))
+    assert b.asks == (("37001", "0.10000000"),)
 
 
 def test_detail_order_book_has_order_ids() -> None:
     b = one(F.DETAIL_ORDER_BOOK)
     assert type(b) is BookSnapshot
     assert b.channel == "detail_order_book"
-    assert b.bids[0].order_id == "1700000000000123"
+    assert b.bids[0] == ("36999", "0.50000000", "1700000000000123")
 
 
 def test_diff_order_book_zero_amounts_kept_verbatim() -> None:
     d = one(F.DIFF_ORDER_BOOK)
     assert type(d) is BookDelta
-    assert d.bids[0] == Level("36999", "0.00000000")
-    assert d.asks[0] == Level("37001", "0")
+    assert d.bids[0] == ("36999", "0.00000000")
+    assert d.asks[0] == ("37001", "0")
 
 
 def test_funding_rate_millisecond_timestamps_normalised() -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -193,17 +194,34 @@ def _levels(data: dict[str, Any], key: str) -> tuple[Level, ...]:
     raw = data.get(key)
     if raw is None:
         raise _missing(key)
-    if not isinstance(raw, list):
+    if type(raw) is not list:
         raise _bad(key, raw)
-    out = []
+    # Fast path, all C-level passes (books carry hundreds of levels): every entry a list
+    # of 2 or 3 non-empty strings.
+    if (
+        set(map(type, raw)) <= _LIST
+        and set(map(len, raw)) <= _WIDTHS
+        and set(map(type, chain.from_iterable(raw))) <= _STR
+        and "" not in chain.from_iterable(raw)
+    ):
+        return tuple(map(tuple, raw))
+    out: list[Level] = []
     for entry in raw:
         if not isinstance(entry, list) or not 2 <= len(entry) <= 3:
             raise _bad(key, entry)
         price = _decimal_value(key, entry[0])
         amount = _decimal_value(key, entry[1])
-        order_id = _opt_ident(key, entry[2]) if len(entry) == 3 else None
-        out.append(Level(price, amount, order_id))
+        if len(entry) == 3:
+            order_id = _opt_ident(key, entry[2])
+            out.append((price, amount) if order_id is None else (price, amount, order_id))
+        else:
+            out.append((price, amount))
     return tuple(out)
+
+
+_LIST = {list}
+_STR = {str}
+_WIDTHS = {2, 3}
 
 
 class BitstampDecoder:

@@ -1,0 +1,258 @@
+"""A compiled Avro binary writer: one precompiled writer per schema, no dict per message.
+
+fastavro writes from dicts, so every event would first be copied into a dict (and every
+book level into another one): for a 100-level book that is ~240 µs of a ~300 µs budget.
+This module compiles a schema once into a tree of small writer functions that read the
+event's attributes directly. It covers the Avro subset our schemas use (records, string,
+int/long, boolean, double/float, enum, array, map, and unions of null with one type);
+``compile_writer`` rejects anything else at start.
+
+Level arrays (records of strings and optional strings, read from tuples) have a fast path
+built from C-level iterators: for ASCII strings shorter than 64 characters, the Avro
+length prefix (zig-zag varint) is the single character ``chr(2 * len)``, so the whole
+array is one ``str.join`` and one ``encode``; a single ``isascii()`` check proves both
+conditions (a length of 64 or more yields a non-ASCII prefix). Anything else takes the
+generic path.
+
+Correctness is defined by fastavro: the tests assert byte-for-byte equality with
+``fastavro.schemaless_writer`` on generated events.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Iterable
+from itertools import chain, repeat
+from operator import attrgetter
+from typing import Any
+
+from connector.errors import SchemaError
+
+Writer = Callable[[Any], bytes]
+
+
+def zigzag(n: int) -> bytes:
+    """Avro long/int: zig-zag then base-128 varint."""
+    n = (n << 1) ^ (n >> 63)
+    if 0 <= n < 0x80:
+        return _BYTES[n]
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+_BYTES = [bytes([i]) for i in range(256)]
+_SMALL = [zigzag(i) if i >= 64 else _BYTES[2 * i] for i in range(4096)]
+_NULL = b"\x00"
+_SECOND = b"\x02"  # union branch index 1
+_double = struct.Struct("<d").pack
+_float = struct.Struct("<f").pack
+_twice = (2).__mul__
+
+
+def _long(value: int) -> bytes:
+    if type(value) is not int:
+        raise TypeError(f"expected int, got {type(value).__name__}")
+    return zigzag(value)
+
+
+def _string(value: str) -> bytes:
+    data = value.encode()
+    n = len(data)
+    return (_SMALL[n] if n < 4096 else zigzag(n)) + data
+
+
+def _boolean(value: bool) -> bytes:
+    if type(value) is not bool:
+        raise TypeError(f"expected bool, got {type(value).__name__}")
+    return b"\x01" if value else b"\x00"
+
+
+def _count(n: int) -> bytes:
+    return _SMALL[n] if n < 4096 else zigzag(n)
+
+
+def _primitive(name: str) -> Writer:
+    table: dict[str, Writer] = {
+        "string": _string,
+        "long": _long,
+        "int": _long,
+        "boolean": _boolean,
+        "double": lambda v: _double(float(v)),
+        "float": lambda v: _float(float(v)),
+        "bytes": lambda v: _count(len(v)) + bytes(v),
+    }
+    try:
+        return table[name]
+    except KeyError:
+        raise SchemaError(f"compiled writer does not support Avro type {name!r}") from None
+
+
+def _union(branches: list[Any], named: dict[str, Any]) -> Writer:
+    if len(branches) != 2 or branches[0] != "null":
+        raise SchemaError(f"compiled writer supports only [null, T] unions, not {branches}")
+    inner = _compile(branches[1], named)
+
+    def write(value: Any) -> bytes:
+        return _NULL if value is None else _SECOND + inner(value)
+
+    return write
+
+
+def _enum(schema: dict[str, Any]) -> Writer:
+    table = {symbol: zigzag(i) for i, symbol in enumerate(schema["symbols"])}
+
+    def write(value: str) -> bytes:
+        return table[value]
+
+    return write
+
+
+def _array(schema: dict[str, Any], named: dict[str, Any]) -> Writer:
+    items = schema["items"]
+    if isinstance(items, str):
+        items = named.get(items, items)
+    fast = _levels_fast_path(items)
+    item = _compile(items, named)
+
+    def generic(values: Iterable[Any]) -> bytes:
+        values = list(values)
+        if not values:
+            return _NULL
+        return b"".join([_count(len(values)), *map(item, values), _NULL])
+
+    if fast is None:
+        return generic
+
+    def write(values: tuple[tuple[str, ...], ...]) -> bytes:
+        if not values:
+            return _NULL
+        try:
+            text = fast(values)
+        except TypeError:  # not strings, or not the expected shapes
+            return generic(values)
+        if not text.isascii():  # a non-ASCII string, or one of 64 or more characters
+            return generic(values)
+        return _count(len(values)) + text.encode() + _NULL
+
+    return write
+
+
+def _levels_fast_path(items: Any) -> Callable[[tuple[tuple[str, ...], ...]], str] | None:
+    """For records of exactly (string, string, [null, string]) read from tuples."""
+    if not isinstance(items, dict) or items.get("type") != "record":
+        return None
+    types = [f["type"] for f in items["fields"]]
+    if types != ["string", "string", ["null", "string"]]:
+        return None
+
+    def fast(levels: tuple[tuple[str, ...], ...]) -> str:
+        widths = set(map(len, levels))
+        if widths == {2}:
+            prices, amounts = zip(*levels, strict=True)
+            return "".join(
+                chain.from_iterable(
+                    zip(
+                        map(chr, map(_twice, map(len, prices))),
+                        prices,
+                        map(chr, map(_twice, map(len, amounts))),
+                        amounts,
+                        repeat("\x00"),
+                        strict=False,
+                    )
+                )
+            )
+        if widths == {3}:
+            prices, amounts, ids = zip(*levels, strict=True)
+            if None in ids:
+                raise TypeError("order ids with null")
+            return "".join(
+                chain.from_iterable(
+                    zip(
+                        map(chr, map(_twice, map(len, prices))),
+                        prices,
+                        map(chr, map(_twice, map(len, amounts))),
+                        amounts,
+                        repeat("\x02"),
+                        map(chr, map(_twice, map(len, ids))),
+                        ids,
+                        strict=False,
+                    )
+                )
+            )
+        raise TypeError("mixed level shapes")
+
+    return fast
+
+
+def _map(schema: dict[str, Any], named: dict[str, Any]) -> Writer:
+    value_writer = _compile(schema["values"], named)
+
+    def write(mapping: dict[str, Any]) -> bytes:
+        if not mapping:
+            return _NULL
+        parts = [_count(len(mapping))]
+        for k, v in mapping.items():
+            parts.append(_string(k))
+            parts.append(value_writer(v))
+        parts.append(_NULL)
+        return b"".join(parts)
+
+    return write
+
+
+def _tuple_record(schema: dict[str, Any], named: dict[str, Any]) -> Writer:
+    """Nested records are read from tuples in field order (missing trailing fields: None)."""
+    writers = [_compile(f["type"], named) for f in schema["fields"]]
+    n = len(writers)
+
+    def write(value: tuple[Any, ...]) -> bytes:
+        if len(value) < n:
+            value = (*value, *([None] * (n - len(value))))
+        return b"".join([w(v) for w, v in zip(writers, value, strict=False)])
+
+    return write
+
+
+def _compile(schema: Any, named: dict[str, Any]) -> Writer:
+    if isinstance(schema, str):
+        if schema in named:
+            return _compile(named[schema], named)
+        return _primitive(schema)
+    if isinstance(schema, list):
+        return _union(schema, named)
+    kind = schema["type"]
+    if kind == "record":
+        named[schema["name"]] = schema
+        if "namespace" in schema:
+            named[f"{schema['namespace']}.{schema['name']}"] = schema
+        return _tuple_record(schema, named)
+    if kind == "enum":
+        named[schema["name"]] = schema
+        return _enum(schema)
+    if kind == "array":
+        return _array(schema, named)
+    if kind == "map":
+        return _map(schema, named)
+    if isinstance(kind, dict | list):
+        return _compile(kind, named)
+    return _primitive(kind)
+
+
+def compile_writer(schema: dict[str, Any]) -> Callable[[Any], bytes]:
+    """Compiles a top-level record schema into ``write(event) -> bytes`` reading the
+    event's attributes named like the fields."""
+    if schema.get("type") != "record":
+        raise SchemaError("a top-level schema must be a record")
+    named: dict[str, Any] = {}
+    names = [f["name"] for f in schema["fields"]]
+    writers = [_compile(f["type"], named) for f in schema["fields"]]
+    get = attrgetter(*names)
+
+    def write(event: Any) -> bytes:
+        return b"".join([w(v) for w, v in zip(writers, get(event), strict=True)])
+
+    return write

@@ -1,0 +1,177 @@
+"""The compiled Avro writer is byte-for-byte fastavro's output, on generated events."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import fastavro
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connector.avro import load_schemas
+from connector.avro_writer import compile_writer, zigzag
+from connector.errors import SchemaError
+from connector.events import (
+    BookDelta,
+    BookSnapshot,
+    FundingRate,
+    MarketEvent,
+    OrderEvent,
+    OrderEventType,
+    Side,
+    Trade,
+)
+
+SCHEMAS = load_schemas()
+WRITERS = {name: compile_writer(s.source) for name, s in SCHEMAS.items()}
+
+text = st.text(max_size=80)  # includes non-ASCII and strings of 64+ characters
+short = st.text(alphabet="0123456789.", min_size=1, max_size=20)
+longs = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+maybe = st.none() | text
+
+
+def common() -> dict[str, Any]:
+    return {
+        "exchange": text,
+        "market": text,
+        "channel": text,
+        "exchange_ts_us": longs,
+        "exchange_ts_raw": text,
+        "receive_ts_us": longs,
+        "connection_id": text,
+        "sequence": longs,
+        "extra": st.dictionaries(text, text, max_size=3),
+    }
+
+
+levels2 = st.tuples(short | text, short | text)
+levels3 = st.tuples(short | text, short | text, short | text)
+books = (
+    st.lists(levels2, max_size=30)
+    | st.lists(levels3, max_size=30)
+    | st.lists(levels2 | levels3, max_size=10)
+)
+
+events = st.one_of(
+    st.builds(
+        Trade,
+        **common(),
+        trade_id=text,
+        price=text,
+        amount=text,
+        side=st.sampled_from(Side),
+        buy_order_id=maybe,
+        sell_order_id=maybe,
+    ),
+    st.builds(
+        OrderEvent,
+        **common(),
+        event_type=st.sampled_from(OrderEventType),
+        order_id=text,
+        side=st.sampled_from(Side),
+        price=text,
+        amount=text,
+        amount_at_create=maybe,
+        amount_traded=maybe,
+        order_subtype=st.none() | st.integers(-(2**31), 2**31 - 1),
+        is_liquidation=st.none() | st.booleans(),
+        datetime_raw=maybe,
+        event_id=maybe,
+        pre_event_id=maybe,
+        order_source=maybe,
+    ),
+    st.builds(
+        BookSnapshot,
+        **common(),
+        bids=books.map(tuple),
+        asks=books.map(tuple),
+        exchange_sequence=st.none() | longs,
+    ),
+    st.builds(
+        BookDelta,
+        **common(),
+        bids=books.map(tuple),
+        asks=books.map(tuple),
+        exchange_sequence=st.none() | longs,
+    ),
+    st.builds(
+        FundingRate,
+        **common(),
+        funding_rate=text,
+        mark_price=maybe,
+        index_price=maybe,
+        next_funding_time_us=st.none() | longs,
+        next_funding_time_raw=maybe,
+    ),
+)
+
+
+def fastavro_bytes(event: MarketEvent) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, SCHEMAS[event.SCHEMA].parsed, event.to_record())
+    return buf.getvalue()
+
+
+@settings(max_examples=600, deadline=None)
+@given(events)
+def test_compiled_writer_equals_fastavro(event: MarketEvent) -> None:
+    assert WRITERS[event.SCHEMA](event) == fastavro_bytes(event)
+
+
+def test_book_with_many_levels_uses_the_same_bytes() -> None:
+    levels = tuple((f"{37000 + i}.5", f"0.{i:08d}") for i in range(100))
+    ids = tuple((p, a, str(10**18 + i)) for i, (p, a) in enumerate(levels))
+    for bids, asks in ((levels, levels), (ids, ids), (levels, ())):
+        event = BookSnapshot(
+            exchange="bitstamp",
+            market="btcusd",
+            channel="order_book",
+            exchange_ts_us=1,
+            exchange_ts_raw="1",
+            receive_ts_us=2,
+            connection_id="c",
+            sequence=3,
+            bids=bids,
+            asks=asks,
+        )
+        assert WRITERS[event.SCHEMA](event) == fastavro_bytes(event)
+
+
+@pytest.mark.parametrize("n", [0, 1, -1, 63, -64, 64, 8191, -8192, 2**62, -(2**63)])
+def test_zigzag_matches_the_spec(n: int) -> None:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, "long", n)
+    assert zigzag(n) == buf.getvalue()
+
+
+def test_unsupported_schemas_are_rejected_at_compile_time() -> None:
+    with pytest.raises(SchemaError, match="unions"):
+        compile_writer(
+            {"type": "record", "name": "X", "fields": [{"name": "a", "type": ["string", "long"]}]}
+        )
+    with pytest.raises(SchemaError, match="fixed"):
+        compile_writer({"type": "record", "name": "X", "fields": [{"name": "a", "type": "fixed"}]})
+    with pytest.raises(SchemaError, match="must be a record"):
+        compile_writer({"type": "enum", "name": "E", "symbols": ["A"]})
+
+
+def test_wrong_types_raise_instead_of_writing_garbage() -> None:
+    event = Trade(
+        exchange="bitstamp",
+        market="m",
+        channel="c",
+        exchange_ts_us=1,
+        exchange_ts_raw="1",
+        receive_ts_us=1,
+        connection_id="c",
+        sequence=1.5,
+        trade_id="1",
+        price="1",
+        amount="1",  # type: ignore[arg-type]
+        side=Side.BUY,
+    )
+    with pytest.raises(TypeError):
+        WRITERS[event.SCHEMA](event)
