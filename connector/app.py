@@ -93,7 +93,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
             )
         else:
             log.info("no schema registry: Avro single-object encoding")
-        router = Router(settings.topic_template, schemas, metrics, registry)
+        router = Router(
+            settings.topic_template,
+            schemas,
+            metrics,
+            registry,
+            status_template=settings.status_topic_template,
+            dlq_template=settings.dlq_topic_template,
+        )
         subs, skipped = plan_subscriptions(settings.markets, settings.channels)
         if skipped:
             log.info(
@@ -107,6 +114,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
             )
         if settings.create_topics:
             topics = [router.topic(EXCHANGE, c, m) for c, m in subs]
+            topics += [router.status_topic(EXCHANGE), router.dlq_topic(EXCHANGE)]
             created = await _until_kafka_answers(
                 "creating topics",
                 lambda: ensure_topics(
@@ -123,6 +131,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
                 return 0
         for c, m in subs:
             await router.prepare(EXCHANGE, c, m, CHANNEL_SCHEMAS[c])
+        await router.status_route(EXCHANGE)
 
         def new_sink() -> KafkaSink:
             return KafkaSink(settings, bootstrap, metrics)

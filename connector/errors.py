@@ -7,6 +7,7 @@
     ├── EncodeError          an event that does not fit its schema (a bug); counted, logged
     ├── DeliveryError        Kafka did not acknowledge a record; ``retriable`` says what follows
     ├── SubscriptionError    the exchange rejected a subscription; reported, retried with backoff
+    ├── RestError            an exchange REST call failed (after retries); recovery reports it
     └── BrokerStartError     the embedded broker could not be started; fatal at start
 
 Each error carries enough context to log one specific line. ``retriable`` follows
@@ -61,6 +62,15 @@ class SubscriptionError(ConnectorError):
     """The exchange rejected a subscription request."""
 
     retriable = True
+
+
+class RestError(ConnectorError):
+    """An exchange REST request failed; ``retriable`` for 5xx, 429 and network errors."""
+
+    def __init__(self, message: str, *, retriable: bool, retry_after_s: float = 0.0) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.retry_after_s = retry_after_s
 
 
 class BrokerStartError(ConnectorError):

@@ -88,6 +88,7 @@ class Trade(MarketEvent):
     side: Side
     buy_order_id: str | None = None
     sell_order_id: str | None = None
+    backfilled: bool = False
 
     def to_record(self) -> dict[str, Any]:
         r = self._common()
@@ -97,6 +98,7 @@ class Trade(MarketEvent):
         r["side"] = self.side.value
         r["buy_order_id"] = self.buy_order_id
         r["sell_order_id"] = self.sell_order_id
+        r["backfilled"] = self.backfilled
         return r
 
 
@@ -143,12 +145,14 @@ class BookSnapshot(MarketEvent):
     bids: tuple[Level, ...]
     asks: tuple[Level, ...]
     exchange_sequence: int | None = None
+    resync: bool = False
 
     def to_record(self) -> dict[str, Any]:
         r = self._common()
         r["bids"] = _levels(self.bids)
         r["asks"] = _levels(self.asks)
         r["exchange_sequence"] = self.exchange_sequence
+        r["resync"] = self.resync
         return r
 
 
@@ -175,6 +179,54 @@ class FundingRate(MarketEvent):
         r["next_funding_time_us"] = self.next_funding_time_us
         r["next_funding_time_raw"] = self.next_funding_time_raw
         return r
+
+
+class StatusKind(StrEnum):
+    GAP = "GAP"
+    SEQUENCE_BREAK = "SEQUENCE_BREAK"
+
+
+class Recovery(StrEnum):
+    NONE = "NONE"
+    BACKFILLED = "BACKFILLED"
+    RESYNCED = "RESYNCED"
+    FAILED = "FAILED"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Status:
+    """What a subscription did not deliver, and how it was recovered (``schemas/``)."""
+
+    SCHEMA: ClassVar[str] = "connector.Status"
+
+    exchange: str
+    market: str
+    channel: str
+    kind: StatusKind
+    reason: str
+    start_us: int
+    end_us: int
+    recovery: Recovery
+    recovered_events: int
+    connection_id: str
+    detail: str
+    emitted_ts_us: int
+
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "exchange": self.exchange,
+            "market": self.market,
+            "channel": self.channel,
+            "kind": self.kind.value,
+            "reason": self.reason,
+            "start_us": self.start_us,
+            "end_us": self.end_us,
+            "recovery": self.recovery.value,
+            "recovered_events": self.recovered_events,
+            "connection_id": self.connection_id,
+            "detail": self.detail,
+            "emitted_ts_us": self.emitted_ts_us,
+        }
 
 
 # --- control messages (consumed by the supervisor, never published) ---------------

@@ -83,6 +83,36 @@ class Metrics:
             ("exchange", "reason"),
             registry=r,
         )
+        self.dead_lettered = Counter(
+            "connector_events_dead_lettered_total",
+            "Frames written to the dead-letter topic, by reason.",
+            ("exchange", "reason"),
+            registry=r,
+        )
+        self.gaps = Counter(
+            "connector_gaps_total",
+            "Intervals a subscription was not live (status events).",
+            ("exchange", "channel", "reason"),
+            registry=r,
+        )
+        self.backfilled = Counter(
+            "connector_backfilled_trades_total",
+            "Trades recovered over REST after gaps.",
+            ("exchange",),
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "connector_duplicates_dropped_total",
+            "Events not published again because they already were (trade ids).",
+            ("exchange", "channel"),
+            registry=r,
+        )
+        self.stale_diffs = Counter(
+            "connector_stale_diffs_discarded_total",
+            "diff_order_book messages older than the resync snapshot, discarded.",
+            ("exchange",),
+            registry=r,
+        )
         self.exchange_errors = Counter(
             "connector_exchange_errors_total",
             "bts:error (or equivalent) messages received.",

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 
-from connector.errors import EncodeError
-from connector.events import MarketEvent
+from connector.errors import EncodeError, ProtocolError
+from connector.events import MarketEvent, Status
 from connector.metrics import Metrics
 from connector.router import Router
 from connector.sink import KafkaSink
@@ -14,12 +15,13 @@ log = logging.getLogger(__name__)
 
 
 class Publisher:
-    __slots__ = ("_metrics", "_router", "_sink")
+    __slots__ = ("_dlq_metrics", "_metrics", "_router", "_sink")
 
     def __init__(self, router: Router, sink: KafkaSink, metrics: Metrics) -> None:
         self._router = router
         self._sink = sink
         self._metrics = metrics
+        self._dlq_metrics = metrics.route("bitstamp", "dlq", "")
 
     @property
     def saturated(self) -> bool:
@@ -42,4 +44,43 @@ class Publisher:
             return
         await self._sink.send(
             route.topic, route.key, value, route.headers, route.metrics, receive_ts
+        )
+
+    async def publish_status(self, status: Status) -> None:
+        route = await self._router.status_route(status.exchange)
+        value = route.encoder.encode(status)  # type: ignore[arg-type]
+        log.info(
+            "status %s %s_%s: %s from %d to %d (%.1fs), recovery %s (%d events)%s",
+            status.kind,
+            status.channel,
+            status.market,
+            status.reason,
+            status.start_us,
+            status.end_us,
+            (status.end_us - status.start_us) / 1e6,
+            status.recovery,
+            status.recovered_events,
+            f": {status.detail}" if status.detail else "",
+        )
+        await self._sink.send(
+            route.topic, status.market.encode(), value, route.headers, route.metrics, time.time()
+        )
+
+    async def dead_letter(
+        self, exchange: str, error: ProtocolError, connection_id: str, receive_ts: float
+    ) -> None:
+        """The raw frame, with headers saying why, to the exchange's dead-letter topic."""
+        frame = error.frame
+        value = frame.encode() if isinstance(frame, str) else bytes(frame)
+        headers = [
+            ("exchange", exchange.encode()),
+            ("reason", error.reason.encode()),
+            ("detail", error.detail.encode()[:1000]),
+            ("connection-id", connection_id.encode()),
+            ("receive-ts-us", str(int(receive_ts * 1_000_000)).encode()),
+            ("frame-type", b"text" if isinstance(frame, str) else b"binary"),
+        ]
+        self._metrics.dead_lettered.labels(exchange, error.reason).inc()
+        await self._sink.send(
+            self._router.dlq_topic(exchange), b"", value, headers, self._dlq_metrics, receive_ts
         )

@@ -92,6 +92,14 @@ class Settings(BaseSettings):
         validation_alias=_alias("CONNECTOR_TOPIC_TEMPLATE", "topic_template"),
         description="Topic name template; placeholders {exchange}, {channel}, {market}.",
     )
+    status_topic_template: str = Field(
+        default="{exchange}.status",
+        description="Topic of status events (gaps, sequence breaks, recoveries).",
+    )
+    dlq_topic_template: str = Field(
+        default="{exchange}.dlq",
+        description="Dead-letter topic: frames that could not be decoded, raw, with the reason.",
+    )
     topic_partitions: int = Field(default=1, ge=1, description="Partitions of created topics.")
     topic_replication_factor: int = Field(
         default=-1,
@@ -290,6 +298,19 @@ class Settings(BaseSettings):
         )
         if not _TOPIC_RE.match(sample):
             raise ValueError(f"gives an invalid Kafka topic name {sample!r}")
+        return value
+
+    @field_validator("status_topic_template", "dlq_topic_template")
+    @classmethod
+    def _check_exchange_template(cls, value: str) -> str:
+        try:
+            names = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"invalid template {value!r}: {exc}") from None
+        if names - {"exchange"}:
+            raise ValueError(f"only {{exchange}} may appear, not {sorted(names - {'exchange'})}")
+        if not _TOPIC_RE.match(value.format(exchange="bitstamp")):
+            raise ValueError(f"gives an invalid Kafka topic name {value!r}")
         return value
 
     @property

@@ -7,8 +7,14 @@ at a chosen rate per subscription. Like the real server, an unknown but well-for
 market is acknowledged and then stays silent.
 
 REST: ``/api/v2/trading-pairs-info/``, ``/api/v2/transactions/{market}/?time=minute|hour``,
-``/api/v2/order_book/{market}/``. Test hooks: ``/_sim/stats`` (frames sent per channel)
-and ``/_sim/fault?kind=request_reconnect|drop|garbage``.
+``/api/v2/order_book/{market}/``. Test hooks: ``/_sim/stats`` (frames sent per channel),
+``/_sim/rate?value=R`` and ``/_sim/fault?kind=...`` with the faults of ``fault()``:
+request_reconnect, drop (abrupt TCP abort), close (clean close), stall (half-open: the
+connection stays up, nothing is sent or answered), garbage (bad frames), chain_break
+(live_orders event ids jump), refuse (the next ``count`` handshakes get HTTP ``status``).
+
+The market keeps trading while nobody listens: with ``idle_trade_rate`` the server makes
+trades (REST history only) for markets no live connection receives, for backfill tests.
 
 Data is deterministic for a given seed: each (channel, market) has its own generator.
 """
@@ -127,6 +133,7 @@ class Simulator:
         book_depth: int = 100,
         reject_markets: tuple[str, ...] = (),
         rate_weights: dict[str, float] | None = None,
+        idle_trade_rate: float = 0.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -140,6 +147,13 @@ class Simulator:
         # Relative rates per channel (default 1): rate x weight events/s per subscription.
         self.rate_weights = dict(rate_weights or {})
         self._rate_epoch = 0
+        self.idle_trade_rate = idle_trade_rate
+        self.unsent_trades: dict[str, list[str]] = defaultdict(list)  # ids never sent
+        self.refuse: list[int] = []  # HTTP statuses for the next handshakes
+        self.handshakes_refused = 0
+        self._stalled: set[ServerConnection] = set()
+        self._receiving: dict[str, set[ServerConnection]] = defaultdict(set)
+        self._idle_task: asyncio.Task[None] | None = None
         self.requests: dict[str, int] = defaultdict(int)  # subscribe frames per channel name
         self.sent: dict[tuple[str, str], int] = defaultdict(int)
         self.frames: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -160,6 +174,8 @@ class Simulator:
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
+        if self.idle_trade_rate > 0:
+            self._idle_task = asyncio.create_task(self._idle_trades())
         log.info(
             "simulated Bitstamp on ws://%s:%d (REST on http://%s:%d)",
             self.host,
@@ -177,6 +193,9 @@ class Simulator:
         return f"http://{self.host}:{self.port}"
 
     async def stop(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+            await asyncio.gather(self._idle_task, return_exceptions=True)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -194,11 +213,22 @@ class Simulator:
         self._rate_epoch += 1
 
     # --- faults ----------------------------------------------------------------------
-    async def fault(self, kind: str) -> int:
+    async def fault(self, kind: str, *, status: int = 503, count: int = 1) -> int:
+        if kind == "refuse":
+            self.refuse.extend([status] * count)
+            return count
+        if kind == "chain_break":
+            for gen in self._gens.values():
+                gen.event_id += 5
+            return len(self._gens)
         n = 0
         for ws in list(self.connections):
             n += 1
-            if kind == "request_reconnect":
+            if kind == "stall":
+                self._stalled.add(ws)
+            elif kind == "close":
+                await ws.close()
+            elif kind == "request_reconnect":
                 await ws.send(
                     orjson.dumps(
                         {"event": "bts:request_reconnect", "channel": "", "data": ""}
@@ -332,6 +362,22 @@ class Simulator:
             return {"data": data, "channel": name, "event": "funding_rate"}
         raise ValueError(channel)
 
+    async def _idle_trades(self) -> None:
+        """Trades that happen while no connection receives a market's live_trades."""
+        started = time.monotonic()
+        made: dict[str, int] = defaultdict(int)
+        while True:
+            await asyncio.sleep(0.05)
+            due = int((time.monotonic() - started) * self.idle_trade_rate)
+            for market in self.markets:
+                if self._receiving[market] - self._stalled:
+                    made[market] = due  # someone receives them live
+                    continue
+                while made[market] < due:
+                    made[market] += 1
+                    frame = self.make_event("live_trades", market)
+                    self.unsent_trades[market].append(frame["data"]["id_str"])
+
     # --- WebSocket -------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections.add(ws)
@@ -346,6 +392,9 @@ class Simulator:
             feeder.cancel()
             await asyncio.gather(feeder, return_exceptions=True)
             self.connections.discard(ws)
+            self._stalled.discard(ws)
+            for receivers in self._receiving.values():
+                receivers.discard(ws)
 
     async def _client_frame(
         self, ws: ServerConnection, raw: str | bytes, subs: dict[str, tuple[str, str]]
@@ -355,6 +404,8 @@ class Simulator:
                 {"event": "bts:error", "channel": "", "data": {"code": None, "message": message}}
             ).decode()
 
+        if ws in self._stalled:
+            return  # half-open: nothing is answered
         if len(raw) >= 512:
             await ws.send(error("Message too long."))
             return
@@ -385,9 +436,13 @@ class Simulator:
                     await ws.send(error("Bad subscription string."))
                     return
                 subs[channel] = where
+                if where[0] == "live_trades":
+                    self._receiving[where[1]].add(ws)
                 reply = "bts:subscription_succeeded"
             else:
                 subs.pop(channel, None)
+                if where[0] == "live_trades":
+                    self._receiving[where[1]].discard(ws)
                 reply = "bts:unsubscription_succeeded"
             await ws.send(orjson.dumps({"event": reply, "channel": channel, "data": {}}).decode())
             return
@@ -404,6 +459,11 @@ class Simulator:
             if epoch != self._rate_epoch:
                 epoch = self._rate_epoch
                 started.clear()
+            if ws in self._stalled:
+                # Half-open: nothing reaches the client (the idle-trade task keeps the
+                # market trading); the schedule restarts if the stall ever ends.
+                started.clear()
+                continue
             for name, (channel, market) in list(subs.items()):
                 if market not in self.markets:
                     continue  # acknowledged, then silent, like the real server
@@ -424,6 +484,10 @@ class Simulator:
     # --- REST ------------------------------------------------------------------------
     async def _rest(self, conn: ServerConnection, request: Request) -> Response | None:
         if request.headers.get("Upgrade", "").lower() == "websocket":
+            if self.refuse:
+                status = HTTPStatus(self.refuse.pop(0))
+                self.handshakes_refused += 1
+                return _json({"status": "error", "reason": status.phrase}, status)
             return None
         url = urlsplit(request.path)
         query = parse_qs(url.query)
@@ -446,7 +510,11 @@ class Simulator:
         if path == "/_sim/fault":
             kind = query.get("kind", [""])[0]
             try:
-                n = await self.fault(kind)
+                n = await self.fault(
+                    kind,
+                    status=int(query.get("status", ["503"])[0]),
+                    count=int(query.get("count", ["1"])[0]),
+                )
             except ValueError as exc:
                 return _json({"status": "error", "reason": str(exc)}, HTTPStatus.BAD_REQUEST)
             return _json({"status": "ok", "connections": n})

@@ -21,13 +21,13 @@ import logging
 import random
 import time
 import uuid
-from dataclasses import dataclass
 
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
 from connector.bitstamp.decoder import BitstampDecoder
+from connector.bitstamp.gaps import Gaps, SubState
 from connector.bitstamp.protocol import (
     EXCHANGE,
     HEARTBEAT_FRAME,
@@ -35,6 +35,8 @@ from connector.bitstamp.protocol import (
     channel_name,
     subscribe_frame,
 )
+from connector.bitstamp.recovery import RecentTrades
+from connector.bitstamp.rest import BitstampRest
 from connector.errors import ConfigError, ProtocolError
 from connector.events import (
     ExchangeError,
@@ -62,18 +64,6 @@ class _Reconnect(Exception):
         self.immediate = reason == "request_reconnect"
 
 
-@dataclass(slots=True)
-class SubState:
-    channel: str
-    market: str
-    name: str
-    subscribed_at: float = 0.0  # monotonic, when the subscribe frame was sent
-    confirmed: bool = False
-    last_event: float = 0.0  # monotonic
-    retry_at: float = 0.0  # monotonic; 0: not waiting
-    silent_warned: bool = False
-
-
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
     """Full-jitter exponential backoff: uniform(0, min(cap, initial·2^attempt))."""
     return random.uniform(0, min(cap, initial * 2 ** min(attempt, 32)))
@@ -87,12 +77,16 @@ class Connection:
         settings: Settings,
         publisher: Publisher,
         metrics: Metrics,
+        gaps: Gaps,
     ) -> None:
         self.index = index
+        self._gaps = gaps
         self._settings = settings
         self._publisher = publisher
         self._metrics = metrics
         self.subs = {channel_name(c, m): SubState(c, m, channel_name(c, m)) for c, m in subs}
+        self._by_pair = {(s.channel, s.market): s for s in self.subs.values()}
+        self._last_frame_ts = 0.0
         self.connection_id = ""
         self.connected = False
         self._invalid = 0
@@ -133,8 +127,8 @@ class Connection:
                 return  # stop requested
             self.connected = False
             self._metrics.reconnects.labels(EXCHANGE, reason).inc()
-            for sub in self.subs.values():
-                sub.confirmed = False
+            last_frame = self._last_frame_ts or time.time()
+            self._gaps.lost(list(self.subs.values()), reason, int(last_frame * 1_000_000))
             self._update_live_gauge()
             if stop.is_set():
                 return
@@ -162,6 +156,7 @@ class Connection:
     async def _session(self, stop: asyncio.Event) -> None:
         s = self._settings
         self.connection_id = uuid.uuid4().hex[:16]
+        self._gaps.connection_id = self.connection_id
         decoder = BitstampDecoder(self.connection_id)
         async with websockets.connect(
             s.bitstamp_ws_url,
@@ -198,6 +193,8 @@ class Connection:
                 for task in (watch, stopper, reader):
                     task.cancel()
                 await asyncio.gather(watch, stopper, reader, return_exceptions=True)
+                # What was received is published even when recovery did not finish.
+                await self._gaps.drain(list(self.subs.values()))
             if stopper in done:
                 log.info("[conn %d %s] closing (shutdown)", self.index, self.connection_id)
                 return
@@ -215,18 +212,25 @@ class Connection:
 
     async def _read(self, ws: ClientConnection, decoder: BitstampDecoder) -> None:
         publish = self._publisher.publish
+        admit = self._gaps.admit
+        by_pair = self._by_pair
         async for frame in ws:
-            receive_ts = time.time()
+            receive_ts = self._last_frame_ts = time.time()
             try:
                 messages = decoder.feed(frame, int(receive_ts * 1_000_000))
             except ProtocolError as exc:
                 self._invalid_frame(exc)
+                await self._publisher.dead_letter(EXCHANGE, exc, self.connection_id, receive_ts)
                 continue
             for msg in messages:
                 if isinstance(msg, MarketEvent):
-                    sub = self.subs.get(channel_name(msg.channel, msg.market))
+                    sub = by_pair.get((msg.channel, msg.market))
                     if sub is not None:
                         sub.last_event = time.monotonic()
+                        kept = admit(sub, msg, receive_ts)
+                        if kept is None:
+                            continue
+                        msg = kept
                     await publish(msg, receive_ts)
                 else:
                     self._control(msg)
@@ -263,6 +267,7 @@ class Connection:
                 sub.last_event = time.monotonic()
                 log.info("[conn %d %s] subscribed %s", self.index, self.connection_id, sub.name)
                 self._update_live_gauge()
+                self._gaps.live(sub)
         elif isinstance(msg, UnsubscriptionSucceeded):
             sub = self.subs.get(msg.channel)
             if sub is not None:
@@ -351,8 +356,17 @@ class Supervisor:
         metrics: Metrics,
     ) -> None:
         size = MAX_CHANNELS_PER_CONNECTION
+        self.rest = BitstampRest(settings.bitstamp_rest_url)
+        recent = RecentTrades()  # shared: one market's trades may move between connections
         self.connections = [
-            Connection(i, subs[i * size : (i + 1) * size], settings, publisher, metrics)
+            Connection(
+                i,
+                subs[i * size : (i + 1) * size],
+                settings,
+                publisher,
+                metrics,
+                Gaps(publisher, self.rest, recent, metrics),
+            )
             for i in range((len(subs) + size - 1) // size)
         ]
 
@@ -366,3 +380,4 @@ class Supervisor:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.rest.close()

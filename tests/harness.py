@@ -88,8 +88,10 @@ async def consume_until(
     *,
     timeout: float = 90,
     registry_url: str | None = None,
+    idle_s: float | None = None,
 ) -> Consumed:
-    """Reads topics matching ``pattern`` and decodes with schemas/ (or the registry)."""
+    """Reads topics matching ``pattern`` and decodes with schemas/ (or the registry) until
+    ``expected`` records arrived, or (with ``idle_s``) nothing new came for that long."""
     decoder = AvroDecoder(load_schemas().values())
     registry = SchemaRegistryClient(registry_url) if registry_url else None
     consumer = AIOKafkaConsumer(
@@ -101,10 +103,16 @@ async def consume_until(
     consumer.subscribe(pattern=pattern)
     out = Consumed()
     await consumer.start()
+    last_new = asyncio.get_running_loop().time()
     try:
         async with asyncio.timeout(timeout):
             while out.total < expected:
                 batch = await consumer.getmany(timeout_ms=500)
+                now = asyncio.get_running_loop().time()
+                if batch:
+                    last_new = now
+                elif idle_s is not None and out.total and now - last_new > idle_s:
+                    break
                 for tp, msgs in batch.items():
                     for m in msgs:
                         sid = decoder.schema_id(m.value)

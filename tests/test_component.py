@@ -81,7 +81,7 @@ async def test_run_without_bootstrap_starts_the_embedded_broker(tmp_path: Path) 
     published = [
         line
         for line in metrics.splitlines()
-        if line.startswith("connector_events_published_total{")
+        if line.startswith("connector_events_published_total{") and 'market="btcusd"' in line
     ]
     assert len(published) == 2 and all(float(p.rsplit(" ", 1)[1]) > 0 for p in published)
     assert "embedded broker on 127.0.0.1:" in log and "stopped" in log
