@@ -19,13 +19,14 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
 
-from connector.avro import load_schemas
+from connector.avro import AvroDecoder, load_schemas
 from connector.bitstamp.protocol import (
     CHANNEL_SCHEMAS,
     EXCHANGE,
     channel_name,
     plan_subscriptions,
 )
+from connector.checkpoints import last_trades
 from connector.embedded import EmbeddedBroker
 from connector.errors import ConfigError, DeliveryError
 from connector.metrics import Metrics
@@ -132,6 +133,18 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         for c, m in subs:
             await router.prepare(EXCHANGE, c, m, CHANNEL_SCHEMAS[c])
         await router.status_route(EXCHANGE)
+        trade_topics = {m: router.topic(EXCHANGE, c, m) for c, m in subs if c == "live_trades"}
+        checkpoints = (
+            await last_trades(
+                bootstrap,
+                trade_topics,
+                AvroDecoder(schemas.values()),
+                registry,
+                security_protocol=settings.kafka_security_protocol,
+            )
+            if trade_topics
+            else {}
+        )
 
         def new_sink() -> KafkaSink:
             return KafkaSink(settings, bootstrap, metrics)
@@ -154,7 +167,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
             http_server, _ = start_http_server(settings.http_port, registry=metrics.registry)
             log.info("metrics on :%d/metrics", settings.http_port)
         publisher = Publisher(router, sink, metrics)
-        supervisor = Supervisor(subs, settings, publisher, metrics)
+        supervisor = Supervisor(subs, settings, publisher, metrics, checkpoints)
         log.info(
             "running: %d subscription(s) over %d connection(s)",
             len(subs),

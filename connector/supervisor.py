@@ -37,6 +37,7 @@ from connector.bitstamp.protocol import (
 )
 from connector.bitstamp.recovery import RecentTrades
 from connector.bitstamp.rest import BitstampRest
+from connector.checkpoints import Checkpoint
 from connector.errors import ConfigError, ProtocolError
 from connector.events import (
     ExchangeError,
@@ -80,7 +81,7 @@ class Connection:
         gaps: Gaps,
     ) -> None:
         self.index = index
-        self._gaps = gaps
+        self.gaps = self._gaps = gaps
         self._settings = settings
         self._publisher = publisher
         self._metrics = metrics
@@ -354,6 +355,7 @@ class Supervisor:
         settings: Settings,
         publisher: Publisher,
         metrics: Metrics,
+        checkpoints: dict[str, Checkpoint] | None = None,
     ) -> None:
         size = MAX_CHANNELS_PER_CONNECTION
         self.rest = BitstampRest(settings.bitstamp_rest_url)
@@ -369,6 +371,11 @@ class Supervisor:
             )
             for i in range((len(subs) + size - 1) // size)
         ]
+        for conn in self.connections:
+            for sub in conn.subs.values():
+                cp = (checkpoints or {}).get(sub.market)
+                if sub.channel == "live_trades" and cp is not None:
+                    conn.gaps.restarted(sub, cp.trade_id, cp.exchange_ts_us)
 
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [

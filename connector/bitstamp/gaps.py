@@ -99,6 +99,12 @@ class Gaps:
         self._last_event_id: dict[str, tuple[str, int]] = {}
         self.connection_id = ""
 
+    def restarted(self, sub: SubState, last_trade_id: int, last_trade_us: int) -> None:
+        """Before the first connection: the gap since the last published trade."""
+        sub.down_since_us = last_trade_us
+        sub.down_reason = "restart"
+        self._recent.add(sub.market, str(last_trade_id))
+
     # --- hooks -----------------------------------------------------------------------
     def lost(self, subs: list[SubState], reason: str, last_frame_us: int) -> None:
         for sub in subs:
