@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         default="PLAINTEXT", description="Kafka security protocol."
     )
+    unsubscribe_timeout_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="On shutdown, how long to keep reading until the exchange confirms the "
+        "unsubscriptions (frames already sent are still published); 0 skips it.",
+    )
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0, description="Deadline to deliver what is in flight on shutdown."
     )

@@ -34,6 +34,7 @@ from connector.bitstamp.protocol import (
     MAX_CHANNELS_PER_CONNECTION,
     channel_name,
     subscribe_frame,
+    unsubscribe_frame,
 )
 from connector.bitstamp.recovery import RecentTrades
 from connector.bitstamp.rest import BitstampRest
@@ -88,6 +89,7 @@ class Connection:
         self.subs = {channel_name(c, m): SubState(c, m, channel_name(c, m)) for c, m in subs}
         self._by_pair = {(s.channel, s.market): s for s in self.subs.values()}
         self._last_frame_ts = 0.0
+        self._drained: asyncio.Event | None = None  # set while draining at shutdown
         self.connection_id = ""
         self.connected = False
         self._invalid = 0
@@ -190,6 +192,8 @@ class Connection:
                 done, _ = await asyncio.wait(
                     {watch, stopper, reader}, return_when=asyncio.FIRST_COMPLETED
                 )
+                if stopper in done and reader not in done:
+                    await self._unsubscribe_and_drain(ws, reader)
             finally:
                 for task in (watch, stopper, reader):
                     task.cancel()
@@ -203,6 +207,42 @@ class Connection:
                 if task in done and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
             raise _Reconnect("closed", "the exchange closed the connection")
+
+    async def _unsubscribe_and_drain(
+        self, ws: ClientConnection, reader: asyncio.Task[None]
+    ) -> None:
+        """Unsubscribes everything and keeps the reader going until the exchange confirms
+        (or the deadline passes): what it already sent is still published."""
+        deadline = self._settings.unsubscribe_timeout_s
+        live = [s for s in self.subs.values() if s.confirmed]
+        if not live or deadline <= 0:
+            return
+        self._drained = asyncio.Event()
+        try:
+            for sub in live:
+                await ws.send(unsubscribe_frame(sub.name))
+            await asyncio.wait_for(asyncio.shield(self._drained.wait()), deadline)
+            log.info(
+                "[conn %d %s] %d unsubscription(s) confirmed; drained",
+                self.index,
+                self.connection_id,
+                len(live),
+            )
+        except TimeoutError:
+            left = sum(1 for s in self.subs.values() if s.confirmed)
+            log.warning(
+                "[conn %d %s] %d unsubscription(s) unconfirmed after %.0fs; closing",
+                self.index,
+                self.connection_id,
+                left,
+                deadline,
+            )
+        except ConnectionClosed:
+            log.warning(
+                "[conn %d %s] connection closed while draining", self.index, self.connection_id
+            )
+        finally:
+            self._drained = None
 
     async def _subscribe(self, ws: ClientConnection, sub: SubState, now: float) -> None:
         sub.subscribed_at = now
@@ -274,6 +314,8 @@ class Connection:
             if sub is not None:
                 sub.confirmed = False
                 self._update_live_gauge()
+            if self._drained is not None and not any(s.confirmed for s in self.subs.values()):
+                self._drained.set()
         elif isinstance(msg, ReconnectRequested):
             raise _Reconnect("request_reconnect", "the exchange asked us to reconnect")
         elif isinstance(msg, ExchangeError):
@@ -310,6 +352,8 @@ class Connection:
         next_hb = time.monotonic() + s.heartbeat_interval_s
         while True:
             await asyncio.sleep(min(1.0, s.heartbeat_interval_s))
+            if self._drained is not None:
+                continue  # shutting down: unsubscriptions are expected, not failures
             now = time.monotonic()
             if self._publisher.saturated:
                 # The reader is paused by Kafka backpressure, so replies sit unread:

@@ -49,7 +49,7 @@ async def connector_process(env: dict[str, str], tmp_path: Path) -> AsyncIterato
         if not k.startswith(("CONNECTOR_", "BITSTAMP_", "KAFKA_", "SCHEMA_REGISTRY"))
     }
     http_port = free_port()
-    tmp_path.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
     log_path = tmp_path / "connector.log"
     with log_path.open("wb") as log_file:
         proc = await asyncio.create_subprocess_exec(

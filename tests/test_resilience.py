@@ -271,3 +271,42 @@ async def test_restart_loses_no_trade(broker: Broker, topic_prefix: str, tmp_pat
         f"restart (3 s down): {live} live + {backfilled} backfilled trades, 0 missing, "
         f"0 duplicates, back {recovered_s:.1f}s after the stop"
     )
+
+
+async def test_sigterm_under_load_publishes_everything_the_exchange_sent(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Order books and L3 orders cannot be fetched later: on SIGTERM the connector
+    unsubscribes and reads until Bitstamp confirms, so every frame sent is in Kafka."""
+    sim = Simulator(markets=("btcusd", "ethusd"), rate=1500, record=True, book_depth=20)
+    await sim.start()
+    env = env_for(
+        broker,
+        sim,
+        topic_prefix,
+        "live_orders,order_book,diff_order_book",
+        CONNECTOR_MARKETS="btcusd,ethusd",
+    )
+    try:
+        async with connector_process(env, tmp_path) as conn:
+            await wait_metric(conn, 'connector_events_published_total{channel="live_orders"', 200)
+            assert await conn.stop() == 0  # SIGTERM mid-stream
+            log = conn.log()
+        consumed = await consume_until(broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=3)
+    finally:
+        await sim.stop()
+    assert "unsubscription(s) confirmed; drained" in log
+    for channel in ("live_orders", "order_book"):
+        for market in ("btcusd", "ethusd"):
+            got = consumed.by_topic[f"{topic_prefix}.bitstamp.{channel}.{market}"]
+            sent = sim.frames[(channel, market)]
+            assert len(got) == len(sent) == sim.sent[(channel, market)], (channel, market)
+    print(
+        "SIGTERM under load:",
+        {
+            f"{c}.{m}": len(sim.frames[(c, m)])
+            for c in ("live_orders", "order_book")
+            for m in ("btcusd", "ethusd")
+        },
+        "sent = delivered",
+    )
