@@ -113,6 +113,26 @@ class Metrics:
             ("exchange",),
             registry=r,
         )
+        self.spooled = Counter(
+            "connector_spooled_records_total",
+            "Records written to the on-disk spool.",
+            registry=r,
+        )
+        self.replayed = Counter(
+            "connector_spool_replayed_records_total",
+            "Spooled records delivered to Kafka.",
+            registry=r,
+        )
+        self.spool_dropped = Counter(
+            "connector_spool_dropped_records_total",
+            "Oldest spooled records dropped because the spool was full (drop_oldest).",
+            registry=r,
+        )
+        self.spool_bytes = Gauge(
+            "connector_spool_bytes",
+            "Bytes in the on-disk spool.",
+            registry=r,
+        )
         self.exchange_errors = Counter(
             "connector_exchange_errors_total",
             "bts:error (or equivalent) messages received.",

@@ -149,6 +149,24 @@ class Settings(BaseSettings):
         description="On shutdown, how long to keep reading until the exchange confirms the "
         "unsubscriptions (frames already sent are still published); 0 skips it.",
     )
+    spool_dir: Path | None = Field(
+        default=None,
+        description="On-disk spool for records Kafka cannot take (outages, shutdown); unset "
+        "disables it. In containers: a writable volume.",
+    )
+    spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20, description="Spool size limit.")
+    spool_segment_bytes: int = Field(
+        default=64 << 20, ge=64 << 10, description="Spool segment file size."
+    )
+    spool_fsync: Literal["always", "segment", "never"] = Field(
+        default="segment",
+        description="fsync every record (always), each closed segment (segment), or never.",
+    )
+    spool_full_policy: Literal["block", "drop_oldest"] = Field(
+        default="block",
+        description="When the spool is full: block (stop reading; the gap machinery "
+        "recovers) or drop_oldest (counted).",
+    )
     shutdown_timeout_s: float = Field(
         default=30.0, gt=0, description="Deadline to deliver what is in flight on shutdown."
     )

@@ -13,15 +13,24 @@ Design (after aiokafka's accumulator/sender split):
 - Every attempt is bounded in time: aiokafka expires a batch after request_timeout_ms
   (without idempotence); with idempotence aiokafka retries forever by design, and a
   watchdog logs and exposes records older than ``kafka_send_timeout_s``.
+- With a spool (``spool_dir``): while in retry mode with every slot taken, records go to
+  disk instead of waiting, so reading never stops during an outage; once anything is
+  spooled, newer records follow it there (order). When Kafka is back and the retry queue
+  is empty, the spool is replayed in order through the same path; direct sends resume
+  when it is empty. ``close`` spools what is unacknowledged; the next start replays it.
+  Full spool: ``block`` (wait) or ``drop_oldest`` (counted).
 - ``close`` flushes within a deadline, then stops the producer within a deadline;
-  records still unacknowledged are logged and counted as undelivered.
+  records still unacknowledged are spooled (or, without a spool, logged and counted as
+  undelivered).
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import heapq
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -31,9 +40,10 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from connector.errors import DeliveryError
+from connector.errors import ConfigError, DeliveryError
 from connector.metrics import Metrics, RouteMetrics
 from connector.settings import Settings
+from connector.spool import Spool, SpooledRecord, SpoolFull
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,7 @@ class _Record:
     receive_ts: float = field(compare=False)  # wall-clock seconds, for receive→ack latency
     first_sent: float = field(compare=False)  # monotonic
     attempts: int = field(compare=False, default=0)
+    spool_pos: tuple[int, int] | None = field(compare=False, default=None)
 
 
 def _retriable(exc: BaseException) -> bool:
@@ -61,6 +72,12 @@ class KafkaSink:
     def __init__(self, settings: Settings, bootstrap_servers: str, metrics: Metrics) -> None:
         self._settings = settings
         self._metrics = metrics
+        # First: a spool in use by another process is a configuration error, raised
+        # before anything that needs closing exists.
+        self._lock_fd: int | None = None
+        self._spool: Spool | None = None
+        if settings.spool_dir is not None:
+            self._spool = self._open_spool(settings)
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap_servers,
             client_id=settings.kafka_client_id,
@@ -87,11 +104,51 @@ class KafkaSink:
         self._retry: list[_Record] = []
         self._retrying = False
         self._retry_wanted = asyncio.Event()
+        self._not_retrying = asyncio.Event()
+        self._not_retrying.set()
         self._failures = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.delivered = 0
         self.failed = 0
+        self.spooled = 0
+        self._routes_by_topic: dict[str, RouteMetrics] = {}
+        self._replay_route = metrics.route("spool", "replay", "")
+        self._spooling = False
+        self._spool_space = asyncio.Event()
+        self._replay_wanted = asyncio.Event()
+        if self._spool is not None and self._spool.has_unread():
+            self._spooling = True  # replay what an earlier run left before anything new
+            self._replay_wanted.set()
+            log.info(
+                "spool %s holds %d bytes from an earlier run: replaying them first",
+                self._spool.dir,
+                self._spool.bytes,
+            )
+
+    def _open_spool(self, settings: Settings) -> Spool:
+        assert settings.spool_dir is not None
+        directory = settings.spool_dir
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(directory / "spool.lock", os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as exc:
+            raise ConfigError(f"spool_dir (CONNECTOR_SPOOL_DIR) {directory}: {exc}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise ConfigError(
+                f"spool_dir (CONNECTOR_SPOOL_DIR) {directory} is in use by another connector "
+                "process; give each process its own directory"
+            ) from None
+        self._lock_fd = fd
+        return Spool(
+            directory,
+            segment_bytes=settings.spool_segment_bytes,
+            max_bytes=settings.spool_max_bytes,
+            fsync=settings.spool_fsync,
+        )
 
     # --- lifecycle -------------------------------------------------------------------
     async def start(self) -> None:
@@ -108,6 +165,8 @@ class KafkaSink:
             asyncio.create_task(self._retry_loop(), name="sink-retry"),
             asyncio.create_task(self._watchdog(), name="sink-watchdog"),
         ]
+        if self._spool is not None:
+            self._tasks.append(asyncio.create_task(self._replay_loop(), name="sink-replay"))
 
     async def close(self, deadline_s: float | None = None) -> int:
         """Flush within ``deadline_s``, stop; returns the number of undelivered records."""
@@ -118,6 +177,8 @@ class KafkaSink:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         undelivered = self._pending
+        if not delivered and undelivered and self._spool is not None:
+            undelivered -= self._spool_leftovers()
         if not delivered and undelivered:
             log.error(
                 "shutdown deadline of %.1fs passed with %d record(s) unacknowledged by Kafka; "
@@ -127,7 +188,32 @@ class KafkaSink:
             )
             self._metrics.events_undelivered.inc(undelivered)
         await self._stop_producer()
+        if self._spool is not None:
+            self._spool.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         return undelivered
+
+    def _spool_leftovers(self) -> int:
+        """At shutdown: unacknowledged records go to the spool for the next start."""
+        assert self._spool is not None
+        saved = 0
+        for rec in list(self._unacked.values()):
+            if rec.spool_pos is not None:
+                saved += 1  # still in the spool, unacked: replayed next time
+                continue
+            try:
+                self._spool.append(SpooledRecord(rec.topic, rec.key, rec.value, tuple(rec.headers)))
+            except (SpoolFull, OSError) as exc:
+                log.error("cannot spool at shutdown: %s", exc)
+                break
+            saved += 1
+        if saved:
+            log.warning(
+                "shutdown: %d unacknowledged record(s) kept in the spool for the next start", saved
+            )
+        return saved
 
     async def _stop_producer(self) -> None:
         # aiokafka's stop() can hang when the broker is gone: bound it.
@@ -165,7 +251,21 @@ class KafkaSink:
     ) -> None:
         if self._closing:
             raise DeliveryError("sink is closed", retriable=False)
-        await self._slots.acquire()
+        self._routes_by_topic[topic] = route
+        if self._spool is None or not (self._spooling or self._slots.locked()):
+            await self._slots.acquire()  # the common case: a slot is free
+        else:
+            # Saturated: wait for a slot, but spill to disk as soon as Kafka is known to be
+            # failing (retry mode may begin while we wait).
+            while True:
+                if self._spooling or (self._retrying and self._slots.locked()):
+                    await self._to_spool(SpooledRecord(topic, key, value, tuple(headers)))
+                    return
+                try:
+                    await asyncio.wait_for(self._slots.acquire(), 0.25)
+                    break
+                except TimeoutError:
+                    continue
         self._seq += 1
         self._pending += 1
         self._idle.clear()
@@ -175,6 +275,80 @@ class KafkaSink:
             heapq.heappush(self._retry, rec)
             return
         await self._submit(rec)
+
+    async def _to_spool(self, rec: SpooledRecord) -> None:
+        assert self._spool is not None
+        if not self._spooling:
+            self._spooling = True
+            log.warning("Kafka is not taking records: spooling to %s", self._spool.dir)
+        while True:
+            try:
+                self._spool.append(rec)
+                break
+            except SpoolFull:
+                if self._settings.spool_full_policy == "drop_oldest" and self._drop_oldest():
+                    continue
+                log.error("spool full (%d bytes): reading waits for Kafka", self._spool.bytes)
+                self._spool_space.clear()
+                await self._spool_space.wait()
+        self.spooled += 1
+        self._metrics.spooled.inc()
+        self._replay_wanted.set()
+
+    def _drop_oldest(self) -> bool:
+        assert self._spool is not None
+        dropped = 0
+        for pos, _ in self._spool.read(1000):
+            self._spool.ack(pos)
+            dropped += 1
+        if dropped:
+            self._metrics.spool_dropped.inc(dropped)
+            log.error(
+                "spool full: dropped the %d oldest record(s) (spool_full_policy=drop_oldest)",
+                dropped,
+            )
+        return dropped > 0
+
+    async def _replay_loop(self) -> None:
+        """Feeds the spool back in order once Kafka takes records again."""
+        assert self._spool is not None
+        spool = self._spool
+        while True:
+            await self._replay_wanted.wait()
+            await self._not_retrying.wait()  # the retry queue is older than the spool
+            batch = list(spool.read(500))
+            for pos, srec in batch:
+                await self._slots.acquire()
+                self._seq += 1
+                self._pending += 1
+                self._idle.clear()
+                rec = _Record(
+                    self._seq,
+                    srec.topic,
+                    srec.key,
+                    srec.value,
+                    list(srec.headers),
+                    self._routes_by_topic.get(srec.topic, self._replay_route),
+                    0.0,
+                    time.monotonic(),
+                    spool_pos=pos,
+                )
+                self._unacked[rec.seq] = rec
+                if self._retrying:
+                    heapq.heappush(self._retry, rec)
+                else:
+                    await self._submit(rec)
+            self._spool_space.set()
+            self._metrics.spool_bytes.set(spool.bytes)
+            if not batch and not spool.has_unread():
+                # Nothing left: newer records may go straight to Kafka again. No await
+                # between the check and the switch, so no record can slip in between.
+                if self._spooling:
+                    self._spooling = False
+                    log.info("spool drained: sending directly again")
+                self._replay_wanted.clear()
+            elif not batch:
+                await asyncio.sleep(0.05)  # the open segment is being written
 
     async def _submit(self, rec: _Record) -> None:
         rec.attempts += 1
@@ -195,7 +369,12 @@ class KafkaSink:
         if exc is None:
             self.delivered += 1
             rec.route.published.inc()
-            self._metrics.ack_latency.observe(max(0.0, time.time() - rec.receive_ts))
+            if rec.spool_pos is not None:
+                assert self._spool is not None
+                self._spool.ack(rec.spool_pos)
+                self._metrics.replayed.inc()
+            elif rec.receive_ts:
+                self._metrics.ack_latency.observe(max(0.0, time.time() - rec.receive_ts))
             self._finish(rec)
             return
         self._failed(rec, exc)
@@ -214,6 +393,7 @@ class KafkaSink:
             heapq.heappush(self._retry, rec)
             if not self._retrying:
                 self._retrying = True
+                self._not_retrying.clear()
                 log.warning(
                     "Kafka send to %s failed (%r); retrying in order, new records queue behind it",
                     rec.topic,
@@ -252,6 +432,7 @@ class KafkaSink:
                 rounds = rounds + 1 if self._failures > failures_before else 0
             if not self._retry:  # the round was acknowledged and nothing queued meanwhile
                 self._retrying = False
+                self._not_retrying.set()
                 self._retry_wanted.clear()
                 log.info("Kafka sends recovered after %d ordered resend(s)", resent)
                 rounds = resent = 0

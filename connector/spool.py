@@ -227,3 +227,8 @@ class Spool:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        # The segment being read may be complete: delete it, or the next start would
+        # replay records already delivered.
+        seg = self._read_seg
+        if seg in self._sizes and self._read_off >= self._sizes[seg]:
+            self._maybe_delete(seg, fully_read=True)

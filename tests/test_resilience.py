@@ -310,3 +310,63 @@ async def test_sigterm_under_load_publishes_everything_the_exchange_sent(
         },
         "sent = delivered",
     )
+
+
+async def test_kafka_unreachable_for_10_s_loses_nothing_with_the_spool(
+    topic_prefix: str, tmp_path: Path
+) -> None:
+    """The broker is cut off (not restarted: it keeps its data) for 10 s mid-stream; the
+    connector keeps reading, spools, and replays: every frame sent is in Kafka, in order."""
+    from connector.embedded import EmbeddedBroker, free_port
+    from tests.conftest import Broker as BrokerInfo
+    from tests.netfault import FaultyLink
+
+    link_port = free_port()
+    embedded = EmbeddedBroker(advertised_port=link_port)
+    embedded.start()
+    link = FaultyLink(embedded.port, link_port)
+    await link.restore()
+    broker = BrokerInfo(embedded.bootstrap, "embedded")
+    sim = Simulator(markets=("btcusd",), rate=100, record=True, book_depth=20)
+    await sim.start()
+    env = env_for(
+        broker,
+        sim,
+        topic_prefix,
+        "live_orders,order_book",
+        CONNECTOR_SPOOL_DIR=str(tmp_path / "spool"),
+        CONNECTOR_KAFKA_REQUEST_TIMEOUT_MS="2000",
+        CONNECTOR_KAFKA_MAX_IN_FLIGHT="200",
+        CONNECTOR_KAFKA_RETRY_BACKOFF_MAX_S="1",
+    )
+    try:
+        async with connector_process(env, tmp_path) as conn:
+            await wait_metric(conn, 'connector_events_published_total{channel="live_orders"', 100)
+            await link.cut()
+            await asyncio.sleep(10)
+            spooled = await metric(conn, "connector_spooled_records_total")
+            await link.restore()
+            t_restore = time.monotonic()
+            await wait_metric(conn, "connector_spool_replayed_records_total", spooled, within=60)
+            replay_s = time.monotonic() - t_restore
+            assert await conn.stop() == 0
+            log = conn.log()
+        consumed = await consume_until(broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=3)
+    finally:
+        await sim.stop()
+        await link.cut()
+        embedded.stop()
+    assert spooled > 500, "the outage did not reach the spool"
+    assert "spool drained: sending directly again" in log
+    for channel in ("live_orders", "order_book"):
+        got = [r for _, _, _, r in consumed.by_topic[f"{topic_prefix}.bitstamp.{channel}.btcusd"]]
+        sent = sim.frames[(channel, "btcusd")]
+        assert len(got) == len(sent), channel
+        assert [r["exchange_ts_us"] for r in got] == [
+            int(f["data"]["microtimestamp"]) for f in sent
+        ], channel  # same events, same order
+    print(
+        f"Kafka cut 10 s: {len(sim.frames[('live_orders', 'btcusd')])} live_orders + "
+        f"{len(sim.frames[('order_book', 'btcusd')])} order_book sent = delivered, "
+        f"{int(spooled)} spooled, replayed {replay_s:.1f}s after the restore"
+    )

@@ -9,6 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 
 from connector.embedded import EmbeddedBroker, free_port
+from connector.errors import ConfigError
 from connector.metrics import Metrics
 from connector.settings import load_settings
 from connector.sink import KafkaSink
@@ -160,3 +161,96 @@ async def test_auto_replication_factor_fits_the_cluster(broker: Broker, topic_pr
         await admin.close()
     assert len(desc["partitions"]) == 2
     assert all(len(p["replicas"]) == min(3, brokers) for p in desc["partitions"])
+
+
+async def _cut_broker(tmp_path: object) -> tuple[EmbeddedBroker, FaultyLink, str]:
+    link_port = free_port()
+    broker = EmbeddedBroker(advertised_port=link_port)
+    broker.start()
+    link = FaultyLink(broker.port, link_port)
+    await link.restore()
+    return broker, link, broker.bootstrap
+
+
+async def test_outage_spills_to_the_spool_and_replays_in_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    broker, link, bootstrap = await _cut_broker(tmp_path)
+    topic = "spool.test"
+    try:
+        await ensure_topics(bootstrap, [topic], 1, 1)
+        metrics = Metrics()
+        settings = load_settings(
+            kafka_bootstrap_servers=bootstrap,
+            kafka_enable_idempotence=False,
+            kafka_request_timeout_ms=2000,
+            kafka_retry_backoff_max_s=1.0,
+            kafka_max_in_flight=50,
+            spool_dir=tmp_path / "spool",
+        )
+        sink = KafkaSink(settings, bootstrap, metrics)
+        await sink.start()
+        route = metrics.route("bitstamp", "live_trades", "btcusd")
+        for i in range(100):
+            await sink.send(topic, b"k", b"%05d" % i, [], route, 0.0)
+        assert await sink.flush(20)
+        await link.cut()
+        async with asyncio.timeout(30):  # reading never stops: sends return during the outage
+            for i in range(100, 3000):
+                await sink.send(topic, b"k", b"%05d" % i, [("h", b"v")], route, 0.0)
+                if i == 150:
+                    await asyncio.sleep(3)  # let the first sends time out: retry mode
+        assert sink.spooled > 2000 and sink.pending <= 50
+        await asyncio.sleep(2)
+        await link.restore()
+        assert await sink.flush(90), f"{sink.pending} pending"
+        async with asyncio.timeout(30):
+            while sink._spooling:
+                await asyncio.sleep(0.1)
+        await sink.close()
+        values = await consume(bootstrap, topic, 3000)
+    finally:
+        await link.cut()
+        broker.stop()
+    assert values == [b"%05d" % i for i in range(3000)]  # all, once, in order
+    assert metrics.replayed._value.get() == sink.spooled
+    assert not list((tmp_path / "spool").glob("*.seg")) or all(
+        p.stat().st_size == 0 for p in (tmp_path / "spool").glob("*.seg")
+    )
+
+
+async def test_shutdown_during_an_outage_keeps_records_for_the_next_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    broker, link, bootstrap = await _cut_broker(tmp_path)
+    topic = "spool.restart"
+    try:
+        await ensure_topics(bootstrap, [topic], 1, 1)
+        settings = load_settings(
+            kafka_bootstrap_servers=bootstrap,
+            kafka_enable_idempotence=False,
+            kafka_request_timeout_ms=2000,
+            kafka_retry_backoff_max_s=1.0,
+            spool_dir=tmp_path / "spool",
+        )
+        first = KafkaSink(settings, bootstrap, Metrics())
+        await first.start()
+        route = Metrics().route("bitstamp", "live_trades", "btcusd")
+        await link.cut()
+        for i in range(300):
+            await first.send(topic, b"k", b"%04d" % i, [], route, 0.0)
+        with pytest.raises(ConfigError, match="in use by another connector process"):
+            KafkaSink(settings, bootstrap, Metrics())  # one spool, one process
+        assert await first.close(deadline_s=1.0) == 0  # none lost: all kept in the spool
+        await link.restore()
+        metrics = Metrics()
+        second = KafkaSink(settings, bootstrap, metrics)  # the next start
+        await second.start()
+        await second.send(topic, b"k", b"new", [], route, 0.0)  # queues behind the spool
+        assert await second.flush(60)
+        async with asyncio.timeout(30):
+            while second._spooling:
+                await asyncio.sleep(0.1)
+        await second.close()
+        values = await consume(bootstrap, topic, 301)
+    finally:
+        await link.cut()
+        broker.stop()
+    assert values == [b"%04d" % i for i in range(300)] + [b"new"]
+    assert metrics.replayed._value.get() == 301  # the new record queued behind the spool

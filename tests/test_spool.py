@@ -174,3 +174,15 @@ def test_acked_segments_are_deleted(tmp_path: Path) -> None:
 def test_record_codec_round_trip() -> None:
     rec = SpooledRecord("t", b"", b"\x00\xff" * 10, (("a", b""), ("b", b"\x01")))
     assert decode_record(encode_record(rec)) == rec
+
+
+def test_a_fully_delivered_open_segment_is_not_replayed_after_close(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, fsync="never")
+    for i in range(10):
+        spool.append(record(i))
+    for pos, _ in list(spool.read(100)):
+        spool.ack(pos)
+    spool.close()
+    again = Spool(tmp_path, fsync="never")
+    assert not again.has_unread() and list(again.read(100)) == []
+    again.close()
