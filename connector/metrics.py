@@ -133,6 +133,12 @@ class Metrics:
             "Bytes in the on-disk spool.",
             registry=r,
         )
+        self.resubscribes = Counter(
+            "connector_stale_resubscribes_total",
+            "Subscriptions resubscribed because they stayed silent past their threshold.",
+            ("exchange", "channel"),
+            registry=r,
+        )
         self.exchange_errors = Counter(
             "connector_exchange_errors_total",
             "bts:error (or equivalent) messages received.",

@@ -168,7 +168,10 @@ class Settings(BaseSettings):
         "recovers) or drop_oldest (counted).",
     )
     shutdown_timeout_s: float = Field(
-        default=30.0, gt=0, description="Deadline to deliver what is in flight on shutdown."
+        default=20.0,
+        gt=0,
+        description="Deadline to deliver what is in flight on shutdown (below Kubernetes' "
+        "30 s grace); what is left goes to the spool.",
     )
     embedded_broker_port: int = Field(default=0, ge=0, le=65535, description="0: a free port.")
 
@@ -189,6 +192,19 @@ class Settings(BaseSettings):
     )
     subscribe_timeout_s: float = Field(
         default=10.0, gt=0, description="No subscription confirmation this long: rejected."
+    )
+    stale_after_s: dict[str, float] = Field(
+        default={
+            "live_trades": 0.0,
+            "live_orders": 120.0,
+            "order_book": 60.0,
+            "detail_order_book": 60.0,
+            "diff_order_book": 120.0,
+            "funding_rate": 300.0,
+        },
+        description="Per channel: silent this long (with a live heartbeat) means resubscribe "
+        "that subscription; 0 disables (trades can be quiet for hours). JSON in the "
+        'environment, e.g. {"live_orders": 30}; channels not given keep their default.',
     )
     silence_warning_s: float = Field(
         default=120.0, gt=0, description="Warn when a subscription has sent nothing this long."
@@ -230,6 +246,25 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("stale_after_s", mode="before")
+    @classmethod
+    def _merge_stale(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            defaults = cls.model_fields["stale_after_s"].default
+            unknown = set(value) - set(defaults)
+            if unknown:
+                raise ValueError(f"unknown channel(s) {sorted(unknown)}")
+            return {**defaults, **value}
+        return value
+
+    @field_validator("stale_after_s")
+    @classmethod
+    def _check_stale(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = {k: v for k, v in value.items() if v < 0}
+        if bad:
+            raise ValueError(f"thresholds must be >= 0, got {bad}")
+        return value
 
     @field_validator("exchanges")
     @classmethod

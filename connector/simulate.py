@@ -154,6 +154,8 @@ class Simulator:
         self._stalled: set[ServerConnection] = set()
         self._receiving: dict[str, set[ServerConnection]] = defaultdict(set)
         self._idle_task: asyncio.Task[None] | None = None
+        self.muted: set[str] = set()  # channel names that send nothing (a stale feed)
+        self.hard_muted: set[str] = set()  # ... and stay silent when resubscribed
         self.requests: dict[str, int] = defaultdict(int)  # subscribe frames per channel name
         self.sent: dict[tuple[str, str], int] = defaultdict(int)
         self.frames: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -213,10 +215,19 @@ class Simulator:
         self._rate_epoch += 1
 
     # --- faults ----------------------------------------------------------------------
-    async def fault(self, kind: str, *, status: int = 503, count: int = 1) -> int:
+    async def fault(
+        self, kind: str, *, status: int = 503, count: int = 1, channel: str = ""
+    ) -> int:
         if kind == "refuse":
             self.refuse.extend([status] * count)
             return count
+        if kind == "mute":  # one channel goes silent until it is subscribed again
+            self.muted.add(channel)
+            return 1
+        if kind == "mute_hard":  # silent even when subscribed again (a broken feed)
+            self.muted.add(channel)
+            self.hard_muted.add(channel)
+            return 1
         if kind == "chain_break":
             for gen in self._gens.values():
                 gen.event_id += 5
@@ -432,6 +443,8 @@ class Simulator:
             if event == "bts:subscribe":
                 self.subscribe_requests += 1
                 self.requests[channel] += 1
+                if channel not in self.hard_muted:
+                    self.muted.discard(channel)  # resubscribing revives a stale feed
                 if where[1] in self.reject_markets:
                     await ws.send(error("Bad subscription string."))
                     return
@@ -465,6 +478,9 @@ class Simulator:
                 started.clear()
                 continue
             for name, (channel, market) in list(subs.items()):
+                if name in self.muted:
+                    started.pop(name, None)
+                    continue
                 if market not in self.markets:
                     continue  # acknowledged, then silent, like the real server
                 if channel == "funding_rate" and not market.endswith("-perp"):
@@ -514,6 +530,7 @@ class Simulator:
                     kind,
                     status=int(query.get("status", ["503"])[0]),
                     count=int(query.get("count", ["1"])[0]),
+                    channel=query.get("channel", [""])[0],
                 )
             except ValueError as exc:
                 return _json({"status": "error", "reason": str(exc)}, HTTPStatus.BAD_REQUEST)

@@ -249,6 +249,7 @@ class Connection:
         sub.confirmed = False
         sub.retry_at = 0.0
         sub.silent_warned = False
+        sub.stale_resubscribed = False
         await ws.send(subscribe_frame(sub.name))
 
     async def _read(self, ws: ClientConnection, decoder: BitstampDecoder) -> None:
@@ -369,25 +370,70 @@ class Connection:
                 if not self._hb_sent:
                     self._hb_sent = now
                 await ws.send(HEARTBEAT_FRAME)
-            for sub in self.subs.values():
-                if sub.confirmed:
-                    if not sub.silent_warned and now - sub.last_event > s.silence_warning_s:
-                        sub.silent_warned = True
-                        log.warning(
-                            "[conn %d %s] %s confirmed but silent for %.0fs: is %r a listed "
-                            "Bitstamp market? (unknown markets are acknowledged, then silent)",
-                            self.index,
-                            self.connection_id,
-                            sub.name,
-                            now - sub.last_event,
-                            sub.market,
-                        )
-                elif sub.retry_at:
-                    if now >= sub.retry_at:
-                        log.info("[conn %d] retrying subscription %s", self.index, sub.name)
-                        await self._subscribe(ws, sub, now)
-                elif now - sub.subscribed_at > s.subscribe_timeout_s:
-                    self._reject(sub, now, f"no confirmation within {s.subscribe_timeout_s:.0f}s")
+            stale = await self._check_subscriptions(ws, now)
+            if stale:
+                raise _Reconnect(
+                    "stale", f"all {stale} subscriptions stay silent after resubscribing"
+                )
+
+    async def _check_subscriptions(self, ws: ClientConnection, now: float) -> int:
+        """Confirmations, silence and staleness, per subscription. Returns the number of
+        stale subscriptions if every subscription with a threshold is stale even after a
+        resubscribe (the connection is then suspect), else 0."""
+        s = self._settings
+        watched = still_stale = 0
+        for sub in self.subs.values():
+            if sub.confirmed:
+                silent = now - sub.last_event
+                threshold = s.stale_after_s.get(sub.channel, 0.0)
+                if threshold:
+                    watched += 1
+                    if silent <= threshold:
+                        sub.stale_resubscribed = False
+                    elif not sub.stale_resubscribed:
+                        await self._resubscribe_stale(ws, sub, now, silent, threshold)
+                        continue
+                    else:
+                        still_stale += 1
+                elif not sub.silent_warned and silent > s.silence_warning_s:
+                    sub.silent_warned = True
+                    log.warning(
+                        "[conn %d %s] %s confirmed but silent for %.0fs: is %r a listed "
+                        "Bitstamp market? (unknown markets are acknowledged, then silent)",
+                        self.index,
+                        self.connection_id,
+                        sub.name,
+                        silent,
+                        sub.market,
+                    )
+            elif sub.retry_at:
+                if now >= sub.retry_at:
+                    log.info("[conn %d] retrying subscription %s", self.index, sub.name)
+                    await self._subscribe(ws, sub, now)
+            elif now - sub.subscribed_at > s.subscribe_timeout_s:
+                self._reject(sub, now, f"no confirmation within {s.subscribe_timeout_s:.0f}s")
+        return still_stale if watched and still_stale == watched else 0
+
+    async def _resubscribe_stale(
+        self, ws: ClientConnection, sub: SubState, now: float, silent: float, threshold: float
+    ) -> None:
+        """A silent subscription on a live connection: resubscribe it alone. The silence is
+        a gap (from its last event) recovered like any other once it is live again."""
+        log.warning(
+            "[conn %d %s] %s silent for %.0fs (stale after %.0fs): resubscribing",
+            self.index,
+            self.connection_id,
+            sub.name,
+            silent,
+            threshold,
+        )
+        self._metrics.resubscribes.labels(EXCHANGE, sub.channel).inc()
+        last_event_us = int((time.time() - silent) * 1_000_000)
+        self._gaps.lost([sub], "stale", last_event_us)
+        sub.stale_resubscribed = True
+        await ws.send(unsubscribe_frame(sub.name))
+        await self._subscribe(ws, sub, now)
+        sub.stale_resubscribed = True  # _subscribe resets the subscription's state
 
 
 class Supervisor:

@@ -370,3 +370,84 @@ async def test_kafka_unreachable_for_10_s_loses_nothing_with_the_spool(
         f"{len(sim.frames[('order_book', 'btcusd')])} order_book sent = delivered, "
         f"{int(spooled)} spooled, replayed {replay_s:.1f}s after the restore"
     )
+
+
+async def test_a_stale_subscription_is_resubscribed_alone(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """One feed goes silent while the connection (heartbeat) is fine: only that
+    subscription is resubscribed, the gap is reported, no reconnect."""
+    sim = Simulator(markets=("btcusd",), rate=20, record=True)
+    await sim.start()
+    env = env_for(
+        broker,
+        sim,
+        topic_prefix,
+        "live_orders,order_book",
+        CONNECTOR_STALE_AFTER_S='{"live_orders": 2, "order_book": 60}',
+        CONNECTOR_HEARTBEAT_INTERVAL_S="1",
+    )
+    try:
+        async with connector_process(env, tmp_path) as conn:
+            await wait_metric(conn, 'connector_events_published_total{channel="live_orders"', 20)
+            t_fault = time.monotonic()
+            await sim.fault("mute", channel="live_orders_btcusd")
+            await wait_metric(conn, 'connector_stale_resubscribes_total{channel="live_orders"', 1)
+            detected_s = time.monotonic() - t_fault
+            published = await metric(conn, 'connector_events_published_total{channel="live_orders"')
+            await wait_metric(
+                conn, 'connector_events_published_total{channel="live_orders"', published + 20
+            )  # flowing again
+            reconnects = await metric(conn, "connector_reconnects_total")
+            assert await conn.stop() == 0
+        consumed = await consume_until(broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=3)
+    finally:
+        await sim.stop()
+    assert 2 <= detected_s < 2 + 1 + 3, detected_s
+    assert reconnects == 0
+    assert sim.requests["live_orders_btcusd"] == 2 and sim.requests["order_book_btcusd"] == 1
+    (status,) = statuses_in(consumed, topic_prefix)
+    assert (status["channel"], status["kind"], status["reason"]) == ("live_orders", "GAP", "stale")
+    for channel in ("live_orders", "order_book"):
+        got = consumed.by_topic[f"{topic_prefix}.bitstamp.{channel}.btcusd"]
+        assert len(got) == sim.sent[(channel, "btcusd")]  # everything sent was delivered
+    print(
+        f"stale live_orders: resubscribed {detected_s:.1f}s after it went silent, "
+        "no reconnect, nothing sent was lost"
+    )
+
+
+async def test_every_subscription_stale_after_resubscribing_reconnects(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    sim = Simulator(markets=("btcusd",), rate=20)
+    await sim.start()
+    env = env_for(
+        broker,
+        sim,
+        topic_prefix,
+        "live_orders,order_book",
+        CONNECTOR_STALE_AFTER_S='{"live_orders": 1, "order_book": 1}',
+    )
+    try:
+        async with connector_process(env, tmp_path) as conn:
+            await wait_metric(conn, 'connector_events_published_total{channel="live_orders"', 10)
+            for name in ("live_orders_btcusd", "order_book_btcusd"):
+                await sim.fault("mute_hard", channel=name)
+            await wait_metric(
+                conn, 'connector_reconnects_total{exchange="bitstamp",reason="stale"}', 1
+            )
+            sim.muted.clear()
+            sim.hard_muted.clear()
+            published = await metric(conn, 'connector_events_published_total{channel="live_orders"')
+            await wait_metric(
+                conn, 'connector_events_published_total{channel="live_orders"', published + 10
+            )
+            resubscribes = [
+                await metric(conn, f'connector_stale_resubscribes_total{{channel="{c}"')
+                for c in ("live_orders", "order_book")
+            ]
+            assert await conn.stop() == 0
+    finally:
+        await sim.stop()
+    assert min(resubscribes) >= 1  # each was resubscribed before the reconnect

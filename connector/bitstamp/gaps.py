@@ -74,6 +74,7 @@ class SubState:
     last_event: float = 0.0  # monotonic
     retry_at: float = 0.0  # monotonic; 0: not waiting
     silent_warned: bool = False
+    stale_resubscribed: bool = False
     # gap bookkeeping
     down_since_us: int | None = None
     down_reason: str = ""
@@ -113,7 +114,8 @@ class Gaps:
                 sub.down_reason = reason
             sub.confirmed = False
             sub.resync_next = False
-        self._last_event_id.clear()  # a new connection starts a new chain
+            if sub.channel == "live_orders":
+                self._last_event_id.pop(sub.market, None)  # a new subscription, a new chain
 
     def live(self, sub: SubState) -> None:
         gap_start = sub.down_since_us
