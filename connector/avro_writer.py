@@ -141,6 +141,11 @@ def _array(schema: dict[str, Any], named: dict[str, Any]) -> Writer:
     return write
 
 
+def _prefixes(column: Iterable[str]) -> Iterable[str]:
+    """Avro length prefixes of short ASCII strings: chr(2 * len) (see the module doc)."""
+    return map(chr, map(_twice, map(len, column)))
+
+
 def _levels_fast_path(items: Any) -> Callable[[tuple[tuple[str, ...], ...]], str] | None:
     """For records of exactly (string, string, [null, string]) read from tuples."""
     if not isinstance(items, dict) or items.get("type") != "record":
@@ -151,39 +156,27 @@ def _levels_fast_path(items: Any) -> Callable[[tuple[tuple[str, ...], ...]], str
 
     def fast(levels: tuple[tuple[str, ...], ...]) -> str:
         widths = set(map(len, levels))
+        columns: tuple[Iterable[str], ...]
         if widths == {2}:
             prices, amounts = zip(*levels, strict=True)
-            return "".join(
-                chain.from_iterable(
-                    zip(
-                        map(chr, map(_twice, map(len, prices))),
-                        prices,
-                        map(chr, map(_twice, map(len, amounts))),
-                        amounts,
-                        repeat("\x00"),
-                        strict=False,
-                    )
-                )
-            )
-        if widths == {3}:
+            columns = (_prefixes(prices), prices, _prefixes(amounts), amounts, repeat("\x00"))
+        elif widths == {3}:
             prices, amounts, ids = zip(*levels, strict=True)
             if None in ids:
                 raise TypeError("order ids with null")
-            return "".join(
-                chain.from_iterable(
-                    zip(
-                        map(chr, map(_twice, map(len, prices))),
-                        prices,
-                        map(chr, map(_twice, map(len, amounts))),
-                        amounts,
-                        repeat("\x02"),
-                        map(chr, map(_twice, map(len, ids))),
-                        ids,
-                        strict=False,
-                    )
-                )
+            columns = (
+                _prefixes(prices),
+                prices,
+                _prefixes(amounts),
+                amounts,
+                repeat("\x02"),
+                _prefixes(ids),
+                ids,
             )
-        raise TypeError("mixed level shapes")
+        else:
+            raise TypeError("mixed level shapes")
+        # Row by row: each level's fields in schema order, as one string.
+        return "".join(chain.from_iterable(zip(*columns, strict=False)))
 
     return fast
 

@@ -84,6 +84,15 @@ async def test_permanent_rejection_is_counted_not_silent(
     assert "rejected a 200000-byte record" in caplog.text
 
 
+async def _cut_broker() -> tuple[EmbeddedBroker, FaultyLink, str]:
+    link_port = free_port()
+    broker = EmbeddedBroker(advertised_port=link_port)
+    broker.start()
+    link = FaultyLink(broker.port, link_port)
+    await link.restore()
+    return broker, link, broker.bootstrap
+
+
 async def test_outage_then_recovery_delivers_everything_in_order(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -94,12 +103,7 @@ async def test_outage_then_recovery_delivers_everything_in_order(
     in order.
     """
     caplog.set_level(logging.INFO)
-    link_port = free_port()
-    broker = EmbeddedBroker(advertised_port=link_port)
-    broker.start()
-    link = FaultyLink(broker.port, link_port)
-    await link.restore()
-    bootstrap = broker.bootstrap
+    broker, link, bootstrap = await _cut_broker()
     topic = "outage.test"
     try:
         await ensure_topics(bootstrap, [topic], 1, 1)
@@ -163,17 +167,8 @@ async def test_auto_replication_factor_fits_the_cluster(broker: Broker, topic_pr
     assert all(len(p["replicas"]) == min(3, brokers) for p in desc["partitions"])
 
 
-async def _cut_broker(tmp_path: object) -> tuple[EmbeddedBroker, FaultyLink, str]:
-    link_port = free_port()
-    broker = EmbeddedBroker(advertised_port=link_port)
-    broker.start()
-    link = FaultyLink(broker.port, link_port)
-    await link.restore()
-    return broker, link, broker.bootstrap
-
-
 async def test_outage_spills_to_the_spool_and_replays_in_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    broker, link, bootstrap = await _cut_broker(tmp_path)
+    broker, link, bootstrap = await _cut_broker()
     topic = "spool.test"
     try:
         await ensure_topics(bootstrap, [topic], 1, 1)
@@ -218,7 +213,7 @@ async def test_outage_spills_to_the_spool_and_replays_in_order(tmp_path) -> None
 
 
 async def test_shutdown_during_an_outage_keeps_records_for_the_next_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    broker, link, bootstrap = await _cut_broker(tmp_path)
+    broker, link, bootstrap = await _cut_broker()
     topic = "spool.restart"
     try:
         await ensure_topics(bootstrap, [topic], 1, 1)
