@@ -194,6 +194,7 @@ def connector_env(
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "CONNECTOR_KAFKA_ENABLE_IDEMPOTENCE": "false" if embedded else "true",
             "BITSTAMP_WS_URL": f"ws://127.0.0.1:{sim_port}",
+            "BITSTAMP_REST_URL": f"http://127.0.0.1:{sim_port}",
             "CONNECTOR_MARKETS": ",".join(markets),
             "CONNECTOR_CHANNELS": ",".join(MIX),
             "CONNECTOR_HTTP_PORT": str(http_port),
