@@ -15,13 +15,12 @@ log = logging.getLogger(__name__)
 
 
 class Publisher:
-    __slots__ = ("_dlq_metrics", "_metrics", "_router", "_sink")
+    __slots__ = ("_metrics", "_router", "_sink")
 
     def __init__(self, router: Router, sink: KafkaSink, metrics: Metrics) -> None:
         self._router = router
         self._sink = sink
         self._metrics = metrics
-        self._dlq_metrics = metrics.route("bitstamp", "dlq", "")
 
     @property
     def saturated(self) -> bool:
@@ -82,5 +81,10 @@ class Publisher:
         ]
         self._metrics.dead_lettered.labels(exchange, error.reason).inc()
         await self._sink.send(
-            self._router.dlq_topic(exchange), b"", value, headers, self._dlq_metrics, receive_ts
+            self._router.dlq_topic(exchange),
+            b"",
+            value,
+            headers,
+            self._metrics.route(exchange, "dlq", ""),
+            receive_ts,
         )

@@ -102,9 +102,8 @@ class KafkaSink:
         self._seq = 0
         self._unacked: dict[int, _Record] = {}  # insertion-ordered: first is the oldest
         self._retry: list[_Record] = []
-        self._retrying = False
         self._retry_wanted = asyncio.Event()
-        self._not_retrying = asyncio.Event()
+        self._not_retrying = asyncio.Event()  # clear while in ordered-retry mode
         self._not_retrying.set()
         self._failures = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -235,6 +234,10 @@ class KafkaSink:
         return self._pending
 
     @property
+    def _retrying(self) -> bool:
+        return not self._not_retrying.is_set()
+
+    @property
     def saturated(self) -> bool:
         """True while every in-flight slot is taken (senders are waiting)."""
         return self._slots.locked()
@@ -266,15 +269,39 @@ class KafkaSink:
                     break
                 except TimeoutError:
                     continue
+        await self._accept(topic, key, value, headers, route, receive_ts)
+
+    async def _accept(
+        self,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: Headers,
+        route: RouteMetrics,
+        receive_ts: float,
+        spool_pos: tuple[int, int] | None = None,
+    ) -> None:
+        """A record holding a slot: numbered, tracked, then sent, or queued behind the
+        failed ones while in ordered-retry mode."""
         self._seq += 1
         self._pending += 1
         self._idle.clear()
-        rec = _Record(self._seq, topic, key, value, headers, route, receive_ts, time.monotonic())
+        rec = _Record(
+            self._seq,
+            topic,
+            key,
+            value,
+            headers,
+            route,
+            receive_ts,
+            time.monotonic(),
+            spool_pos=spool_pos,
+        )
         self._unacked[rec.seq] = rec
         if self._retrying:
             heapq.heappush(self._retry, rec)
-            return
-        await self._submit(rec)
+        else:
+            await self._submit(rec)
 
     async def _to_spool(self, rec: SpooledRecord) -> None:
         assert self._spool is not None
@@ -319,25 +346,10 @@ class KafkaSink:
             batch = list(spool.read(500))
             for pos, srec in batch:
                 await self._slots.acquire()
-                self._seq += 1
-                self._pending += 1
-                self._idle.clear()
-                rec = _Record(
-                    self._seq,
-                    srec.topic,
-                    srec.key,
-                    srec.value,
-                    list(srec.headers),
-                    self._routes_by_topic.get(srec.topic, self._replay_route),
-                    0.0,
-                    time.monotonic(),
-                    spool_pos=pos,
+                route = self._routes_by_topic.get(srec.topic, self._replay_route)
+                await self._accept(
+                    srec.topic, srec.key, srec.value, list(srec.headers), route, 0.0, spool_pos=pos
                 )
-                self._unacked[rec.seq] = rec
-                if self._retrying:
-                    heapq.heappush(self._retry, rec)
-                else:
-                    await self._submit(rec)
             self._spool_space.set()
             self._metrics.spool_bytes.set(spool.bytes)
             if not batch and not spool.has_unread():
@@ -392,7 +404,6 @@ class KafkaSink:
             self._metrics.send_retries.labels(type(exc).__name__).inc()
             heapq.heappush(self._retry, rec)
             if not self._retrying:
-                self._retrying = True
                 self._not_retrying.clear()
                 log.warning(
                     "Kafka send to %s failed (%r); retrying in order, new records queue behind it",
@@ -431,7 +442,6 @@ class KafkaSink:
                 await self._settled.wait()
                 rounds = rounds + 1 if self._failures > failures_before else 0
             if not self._retry:  # the round was acknowledged and nothing queued meanwhile
-                self._retrying = False
                 self._not_retrying.set()
                 self._retry_wanted.clear()
                 log.info("Kafka sends recovered after %d ordered resend(s)", resent)

@@ -82,7 +82,7 @@ class Connection:
         gaps: Gaps,
     ) -> None:
         self.index = index
-        self.gaps = self._gaps = gaps
+        self.gaps = gaps
         self._settings = settings
         self._publisher = publisher
         self._metrics = metrics
@@ -131,7 +131,7 @@ class Connection:
             self.connected = False
             self._metrics.reconnects.labels(EXCHANGE, reason).inc()
             last_frame = self._last_frame_ts or time.time()
-            self._gaps.lost(list(self.subs.values()), reason, int(last_frame * 1_000_000))
+            self.gaps.lost(list(self.subs.values()), reason, int(last_frame * 1_000_000))
             self._update_live_gauge()
             if stop.is_set():
                 return
@@ -159,7 +159,7 @@ class Connection:
     async def _session(self, stop: asyncio.Event) -> None:
         s = self._settings
         self.connection_id = uuid.uuid4().hex[:16]
-        self._gaps.connection_id = self.connection_id
+        self.gaps.connection_id = self.connection_id
         decoder = BitstampDecoder(self.connection_id)
         async with websockets.connect(
             s.bitstamp_ws_url,
@@ -193,13 +193,13 @@ class Connection:
                     {watch, stopper, reader}, return_when=asyncio.FIRST_COMPLETED
                 )
                 if stopper in done and reader not in done:
-                    await self._unsubscribe_and_drain(ws, reader)
+                    await self._unsubscribe_and_drain(ws)
             finally:
                 for task in (watch, stopper, reader):
                     task.cancel()
                 await asyncio.gather(watch, stopper, reader, return_exceptions=True)
                 # What was received is published even when recovery did not finish.
-                await self._gaps.drain(list(self.subs.values()))
+                await self.gaps.drain(list(self.subs.values()))
             if stopper in done:
                 log.info("[conn %d %s] closing (shutdown)", self.index, self.connection_id)
                 return
@@ -208,9 +208,7 @@ class Connection:
                     raise task.exception()  # type: ignore[misc]
             raise _Reconnect("closed", "the exchange closed the connection")
 
-    async def _unsubscribe_and_drain(
-        self, ws: ClientConnection, reader: asyncio.Task[None]
-    ) -> None:
+    async def _unsubscribe_and_drain(self, ws: ClientConnection) -> None:
         """Unsubscribes everything and keeps the reader going until the exchange confirms
         (or the deadline passes): what it already sent is still published."""
         deadline = self._settings.unsubscribe_timeout_s
@@ -221,7 +219,7 @@ class Connection:
         try:
             for sub in live:
                 await ws.send(unsubscribe_frame(sub.name))
-            await asyncio.wait_for(asyncio.shield(self._drained.wait()), deadline)
+            await asyncio.wait_for(self._drained.wait(), deadline)
             log.info(
                 "[conn %d %s] %d unsubscription(s) confirmed; drained",
                 self.index,
@@ -254,7 +252,7 @@ class Connection:
 
     async def _read(self, ws: ClientConnection, decoder: BitstampDecoder) -> None:
         publish = self._publisher.publish
-        admit = self._gaps.admit
+        admit = self.gaps.admit
         by_pair = self._by_pair
         async for frame in ws:
             receive_ts = self._last_frame_ts = time.time()
@@ -309,7 +307,7 @@ class Connection:
                 sub.last_event = time.monotonic()
                 log.info("[conn %d %s] subscribed %s", self.index, self.connection_id, sub.name)
                 self._update_live_gauge()
-                self._gaps.live(sub)
+                self.gaps.live(sub)
         elif isinstance(msg, UnsubscriptionSucceeded):
             sub = self.subs.get(msg.channel)
             if sub is not None:
@@ -429,8 +427,7 @@ class Connection:
         )
         self._metrics.resubscribes.labels(EXCHANGE, sub.channel).inc()
         last_event_us = int((time.time() - silent) * 1_000_000)
-        self._gaps.lost([sub], "stale", last_event_us)
-        sub.stale_resubscribed = True
+        self.gaps.lost([sub], "stale", last_event_us)
         await ws.send(unsubscribe_frame(sub.name))
         await self._subscribe(ws, sub, now)
         sub.stale_resubscribed = True  # _subscribe resets the subscription's state

@@ -120,8 +120,10 @@ class Gaps:
     def live(self, sub: SubState) -> None:
         gap_start = sub.down_since_us
         if sub.channel == "live_trades" and gap_start is not None:
+            sub.recovering = True  # hold live trades until the backfill is published
             self._spawn(self._backfill(sub, gap_start))
         elif sub.channel == "diff_order_book":
+            sub.recovering = True  # hold diffs until the snapshot is published
             self._spawn(self._resync_diffs(sub, gap_start))
         elif sub.channel in ("order_book", "detail_order_book"):
             sub.resync_next = True
@@ -139,10 +141,6 @@ class Gaps:
                 "detail_order_book resync"
             )
             self._spawn(self._close_gap(sub, gap_start, Recovery.NONE, 0, detail))
-        if sub.channel in ("live_trades", "diff_order_book") and (
-            gap_start is not None or sub.channel == "diff_order_book"
-        ):
-            sub.recovering = True
 
     def admit(self, sub: SubState, event: MarketEvent, receive_ts: float) -> MarketEvent | None:
         """The event to publish now, or None (held, duplicate, or stale)."""
@@ -183,12 +181,7 @@ class Gaps:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for sub in subs:
-            sub.recovering = False
-            while sub.held:
-                event, receive_ts = sub.held.popleft()
-                kept = self._filter(sub, event)
-                if kept is not None:
-                    await self._publisher.publish(kept, receive_ts)
+            await self._release(sub)
 
     # --- recovery tasks ----------------------------------------------------------------
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
