@@ -267,6 +267,8 @@ class Connection:
                     sub = by_pair.get((msg.channel, msg.market))
                     if sub is not None:
                         sub.last_event = time.monotonic()
+                        if sub.recovering and self.gaps.full(sub):
+                            await self.gaps.overflow(sub)
                         kept = admit(sub, msg, receive_ts)
                         if kept is None:
                             continue

@@ -145,18 +145,23 @@ class Gaps:
     def admit(self, sub: SubState, event: MarketEvent, receive_ts: float) -> MarketEvent | None:
         """The event to publish now, or None (held, duplicate, or stale)."""
         if sub.recovering:
-            if len(sub.held) >= HOLD_LIMIT:
-                log.error(
-                    "%s: %d events held while recovering; publishing without waiting",
-                    sub.name,
-                    HOLD_LIMIT,
-                )
-                sub.recovering = False
-                self._spawn(self._release(sub))
-            else:
-                sub.held.append((event, receive_ts))
-                return None
+            sub.held.append((event, receive_ts))
+            return None
         return self._filter(sub, event)
+
+    def full(self, sub: SubState) -> bool:
+        return sub.recovering and len(sub.held) >= HOLD_LIMIT
+
+    async def overflow(self, sub: SubState) -> None:
+        """The hold is full and recovery is still running: stop waiting for it. What is
+        held is published now, in order, before anything newer (the reader awaits this,
+        so Kafka backpressure applies); the recovery's own events follow when it ends."""
+        log.error(
+            "%s: %d events held while recovering; publishing them without waiting",
+            sub.name,
+            len(sub.held),
+        )
+        await self._release(sub)
 
     def _filter(self, sub: SubState, event: MarketEvent) -> MarketEvent | None:
         if isinstance(event, Trade):
