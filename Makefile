@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test lint simulate bench clean
+.PHONY: install run test lint simulate bench docs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ simulate: install
 ## Benchmark: rate steps end to end on a real broker, plus 250 markets x 6 channels memory.
 bench: install
 	$(BIN)/python bench/run.py
+
+## Regenerate the README's settings table from the settings model.
+docs: install
+	$(BIN)/python -c "import pathlib, connector.settings as s; p = pathlib.Path('README.md'); p.write_text(s.readme_with_settings(p.read_text()))"
 
 lint: install
 	$(BIN)/ruff check connector tests bench

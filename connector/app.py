@@ -26,7 +26,7 @@ from connector.bitstamp.protocol import (
     channel_name,
     plan_subscriptions,
 )
-from connector.checkpoints import last_trades
+from connector.checkpoints import from_spool, last_trades, latest
 from connector.embedded import EmbeddedBroker
 from connector.errors import ConfigError, DeliveryError
 from connector.metrics import Metrics
@@ -134,11 +134,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
             await router.prepare(EXCHANGE, c, m, CHANNEL_SCHEMAS[c])
         await router.status_route(EXCHANGE)
         trade_topics = {m: router.topic(EXCHANGE, c, m) for c, m in subs if c == "live_trades"}
+        trade_decoder = AvroDecoder(schemas.values())
         checkpoints = (
             await last_trades(
                 bootstrap,
                 trade_topics,
-                AvroDecoder(schemas.values()),
+                trade_decoder,
                 registry,
                 security_protocol=settings.kafka_security_protocol,
             )
@@ -146,11 +147,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
             else {}
         )
 
-        def new_sink() -> KafkaSink:
-            return KafkaSink(settings, bootstrap, metrics)
-
         async def start_sink() -> KafkaSink:
-            candidate = new_sink()
+            nonlocal checkpoints
+            candidate = KafkaSink(settings, bootstrap, metrics)
+            if trade_topics:  # before start: nothing of it is replayed yet
+                spooled = await from_spool(
+                    candidate.spooled_records(), trade_topics, trade_decoder, registry
+                )
+                checkpoints = latest(checkpoints, spooled)
             await candidate.start()
             return candidate
 

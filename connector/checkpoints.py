@@ -1,8 +1,9 @@
 """Restart checkpoints: the last trade published per market, read back from Kafka.
 
 A fresh pod has no local state, but the trade topics know what was published. At start
-the connector reads the last record of each ``live_trades`` topic (every partition) and
-treats the time since then as a gap (reason ``restart``): trades since that id are
+the connector reads the last record of each ``live_trades`` topic (every partition) and,
+with a spool, the last trade an earlier run left there (spooled, not yet in Kafka: it
+is newer), and treats the time since then as a gap (reason ``restart``): trades since that id are
 backfilled like after any other gap, so a restart or rolling deploy loses no trade.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -18,6 +20,7 @@ from aiokafka.errors import KafkaError
 from connector.avro import AvroDecoder
 from connector.errors import SchemaError
 from connector.registry import SchemaRegistryClient
+from connector.spool import SpooledRecord
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ async def last_trades(
                         if msg.offset != ends[tp] - 1:
                             continue
                         pending.discard(tp)
-                        cp = await _decode(msg.value or b"", decoder, registry)
+                        cp = await decode_checkpoint(msg.value or b"", decoder, registry)
                         market = by_topic[tp.topic]
                         if cp and (market not in out or cp.trade_id > out[market].trade_id):
                             out[market] = cp
@@ -85,7 +88,37 @@ async def last_trades(
     return out
 
 
-async def _decode(
+async def from_spool(
+    records: Iterable[SpooledRecord],
+    topics: dict[str, str],
+    decoder: AvroDecoder,
+    registry: SchemaRegistryClient | None = None,
+) -> dict[str, Checkpoint]:
+    """market → the last trade an earlier run left in the spool (not yet in Kafka)."""
+    by_topic = {t: m for m, t in topics.items()}
+    last: dict[str, bytes] = {}
+    for rec in records:
+        if rec.topic in by_topic:
+            last[by_topic[rec.topic]] = rec.value
+    out = {}
+    for market, value in last.items():
+        cp = await decode_checkpoint(value, decoder, registry)
+        if cp is not None:
+            out[market] = cp
+            log.info("restart checkpoint %s: last spooled trade %d", market, cp.trade_id)
+    return out
+
+
+def latest(*sources: dict[str, Checkpoint]) -> dict[str, Checkpoint]:
+    out: dict[str, Checkpoint] = {}
+    for source in sources:
+        for market, cp in source.items():
+            if market not in out or cp.trade_id > out[market].trade_id:
+                out[market] = cp
+    return out
+
+
+async def decode_checkpoint(
     value: bytes, decoder: AvroDecoder, registry: SchemaRegistryClient | None
 ) -> Checkpoint | None:
     try:

@@ -16,7 +16,14 @@ connection stays up, nothing is sent or answered), garbage (bad frames), chain_b
 The market keeps trading while nobody listens: with ``idle_trade_rate`` the server makes
 trades (REST history only) for markets no live connection receives, for backfill tests.
 
-Data is deterministic for a given seed: each (channel, market) has its own generator.
+Like the real exchange, each (channel, market) is one stream, generated once and sent to
+every connection subscribed to it: two connections subscribed to the same channel get
+the same events (a make-before-break switch overlaps them). An event reaches the
+connections subscribed when it is made; ``frames`` records the events sent to at least
+one connection (``delivered_to`` which ones, with ``record``), and a trade nobody
+received goes to ``unsent_trades`` (REST history only).
+
+Data is deterministic for a given seed: each market has its own generator.
 """
 
 from __future__ import annotations
@@ -159,7 +166,12 @@ class Simulator:
         self.requests: dict[str, int] = defaultdict(int)  # subscribe frames per channel name
         self.sent: dict[tuple[str, str], int] = defaultdict(int)
         self.frames: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+        self.delivered_to: dict[tuple[str, str], list[tuple[int, ...]]] = defaultdict(list)
         self.connections: set[ServerConnection] = set()
+        self.connection_ids: dict[ServerConnection, int] = {}  # in order of arrival
+        self._subscribers: dict[str, dict[ServerConnection, None]] = defaultdict(dict)
+        self._streams: dict[str, tuple[float, int]] = {}  # channel name → (start, made)
+        self._broadcast_task: asyncio.Task[None] | None = None
         self.subscribe_requests = 0
         self._gens: dict[str, _Gen] = {}
         self._server: Server | None = None
@@ -178,6 +190,7 @@ class Simulator:
         self.port = sock.getsockname()[1]
         if self.idle_trade_rate > 0:
             self._idle_task = asyncio.create_task(self._idle_trades())
+        self._broadcast_task = asyncio.create_task(self._broadcast())
         log.info(
             "simulated Bitstamp on ws://%s:%d (REST on http://%s:%d)",
             self.host,
@@ -195,9 +208,10 @@ class Simulator:
         return f"http://{self.host}:{self.port}"
 
     async def stop(self) -> None:
-        if self._idle_task is not None:
-            self._idle_task.cancel()
-            await asyncio.gather(self._idle_task, return_exceptions=True)
+        for task in (self._idle_task, self._broadcast_task):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -392,16 +406,16 @@ class Simulator:
     # --- WebSocket -------------------------------------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
         self.connections.add(ws)
+        self.connection_ids[ws] = len(self.connection_ids) + 1
         subs: dict[str, tuple[str, str]] = {}
-        feeder = asyncio.create_task(self._feed(ws, subs))
         try:
             async for raw in ws:
                 await self._client_frame(ws, raw, subs)
         except ConnectionClosed:
             pass
         finally:
-            feeder.cancel()
-            await asyncio.gather(feeder, return_exceptions=True)
+            for name in subs:
+                self._subscribers[name].pop(ws, None)
             self.connections.discard(ws)
             self._stalled.discard(ws)
             for receivers in self._receiving.values():
@@ -449,11 +463,13 @@ class Simulator:
                     await ws.send(error("Bad subscription string."))
                     return
                 subs[channel] = where
+                self._subscribers[channel][ws] = None
                 if where[0] == "live_trades":
                     self._receiving[where[1]].add(ws)
                 reply = "bts:subscription_succeeded"
             else:
                 subs.pop(channel, None)
+                self._subscribers[channel].pop(ws, None)
                 if where[0] == "live_trades":
                     self._receiving[where[1]].discard(ws)
                 reply = "bts:unsubscription_succeeded"
@@ -461,8 +477,9 @@ class Simulator:
             return
         await ws.send(error("Unknown event."))
 
-    async def _feed(self, ws: ServerConnection, subs: dict[str, tuple[str, str]]) -> None:
-        started: dict[str, tuple[float, int]] = {}
+    async def _broadcast(self) -> None:
+        """Makes each subscribed stream's events on schedule and sends each to every
+        connection subscribed to it (stalled ones excepted)."""
         epoch = self._rate_epoch
         while True:
             await asyncio.sleep(
@@ -471,31 +488,48 @@ class Simulator:
             now = time.monotonic()
             if epoch != self._rate_epoch:
                 epoch = self._rate_epoch
-                started.clear()
-            if ws in self._stalled:
-                # Half-open: nothing reaches the client (the idle-trade task keeps the
-                # market trading); the schedule restarts if the stall ever ends.
-                started.clear()
-                continue
-            for name, (channel, market) in list(subs.items()):
-                if name in self.muted:
-                    started.pop(name, None)
+                self._streams.clear()
+            for name, conns in list(self._subscribers.items()):
+                where = split_channel(name)
+                live = [ws for ws in conns if ws not in self._stalled]
+                if (
+                    where is None
+                    or not live
+                    or name in self.muted
+                    or where[1] not in self.markets  # acknowledged, then silent
+                    or (where[0] == "funding_rate" and not where[1].endswith("-perp"))
+                ):
+                    # Nobody receives it: the schedule starts afresh for the next one.
+                    self._streams.pop(name, None)
                     continue
-                if market not in self.markets:
-                    continue  # acknowledged, then silent, like the real server
-                if channel == "funding_rate" and not market.endswith("-perp"):
-                    continue  # perpetual markets only
-                t0, done = started.setdefault(name, (now, 0))
-                due = int((now - t0) * self.rate * self.rate_weights.get(channel, 1.0)) + 1
-                key = (channel, market)
-                while done < due and (not self.limit or self.sent[key] < self.limit):
-                    frame = self.make_event(channel, market)
-                    await ws.send(orjson.dumps(frame).decode())
-                    self.sent[key] += 1
-                    if self.record:
-                        self.frames[key].append(frame)
-                    done += 1
-                started[name] = (t0, done)
+                await self._emit_due(name, where, live, now)
+
+    async def _emit_due(
+        self, name: str, where: tuple[str, str], live: list[ServerConnection], now: float
+    ) -> None:
+        channel, market = where
+        t0, done = self._streams.setdefault(name, (now, 0))
+        due = int((now - t0) * self.rate * self.rate_weights.get(channel, 1.0)) + 1
+        key = (channel, market)
+        while done < due and (not self.limit or self.sent[key] < self.limit):
+            frame = self.make_event(channel, market)
+            text = orjson.dumps(frame).decode()
+            reached = []
+            for ws in live:
+                try:
+                    await ws.send(text)
+                except ConnectionClosed:
+                    continue
+                reached.append(self.connection_ids[ws])
+            done += 1
+            if reached:
+                self.sent[key] += 1
+                if self.record:
+                    self.frames[key].append(frame)
+                    self.delivered_to[key].append(tuple(reached))
+            elif channel == "live_trades":
+                self.unsent_trades[market].append(frame["data"]["id_str"])
+        self._streams[name] = (t0, done)
 
     # --- REST ------------------------------------------------------------------------
     async def _rest(self, conn: ServerConnection, request: Request) -> Response | None:

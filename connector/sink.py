@@ -19,6 +19,10 @@ Design (after aiokafka's accumulator/sender split):
   is empty, the spool is replayed in order through the same path; direct sends resume
   when it is empty. ``close`` spools what is unacknowledged; the next start replays it.
   Full spool: ``block`` (wait) or ``drop_oldest`` (counted).
+- Write-ahead mode (``spool_write_ahead``): every record is appended to the spool
+  (flushed to the OS) before anything else and reaches Kafka through the replay path,
+  so a SIGKILL loses nothing that was received; the spool's saved watermark bounds what
+  the next start sends twice.
 - ``close`` flushes within a deadline, then stops the producer within a deadline;
   records still unacknowledged are spooled (or, without a spool, logged and counted as
   undelivered).
@@ -33,6 +37,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -116,6 +121,7 @@ class KafkaSink:
         self._spooling = False
         self._spool_space = asyncio.Event()
         self._replay_wanted = asyncio.Event()
+        self._write_ahead = settings.spool_write_ahead and self._spool is not None
         if self._spool is not None and self._spool.has_unread():
             self._spooling = True  # replay what an earlier run left before anything new
             self._replay_wanted.set()
@@ -157,6 +163,7 @@ class KafkaSink:
             )
         except (KafkaError, OSError, TimeoutError) as exc:
             await self._stop_producer()
+            self._release_spool()  # a retry builds a new sink, which takes the lock again
             raise DeliveryError(
                 f"cannot connect the Kafka producer: {exc!r}", retriable=True
             ) from exc
@@ -166,6 +173,9 @@ class KafkaSink:
         ]
         if self._spool is not None:
             self._tasks.append(asyncio.create_task(self._replay_loop(), name="sink-replay"))
+            self._tasks.append(
+                asyncio.create_task(self._save_watermarks(), name="sink-spool-watermark")
+            )
 
     async def close(self, deadline_s: float | None = None) -> int:
         """Flush within ``deadline_s``, stop; returns the number of undelivered records."""
@@ -187,12 +197,19 @@ class KafkaSink:
             )
             self._metrics.events_undelivered.inc(undelivered)
         await self._stop_producer()
+        self._release_spool()
+        return undelivered
+
+    def _release_spool(self) -> None:
         if self._spool is not None:
             self._spool.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-        return undelivered
+
+    def spooled_records(self) -> Iterator[SpooledRecord]:
+        """What an earlier run left in the spool, in order (before ``start``)."""
+        return iter(()) if self._spool is None else self._spool.scan_unread()
 
     def _spool_leftovers(self) -> int:
         """At shutdown: unacknowledged records go to the spool for the next start."""
@@ -203,7 +220,9 @@ class KafkaSink:
                 saved += 1  # still in the spool, unacked: replayed next time
                 continue
             try:
-                self._spool.append(SpooledRecord(rec.topic, rec.key, rec.value, tuple(rec.headers)))
+                self._spool.append(
+                    SpooledRecord(rec.topic, rec.key, rec.value, tuple(rec.headers), rec.receive_ts)
+                )
             except (SpoolFull, OSError) as exc:
                 log.error("cannot spool at shutdown: %s", exc)
                 break
@@ -222,12 +241,18 @@ class KafkaSink:
             log.warning("Kafka producer did not stop within 10s; abandoning it")
 
     async def flush(self, deadline_s: float) -> bool:
-        """Waits until every accepted record has its final outcome; False on timeout."""
+        """Waits until every accepted record has its final outcome and the spool has
+        nothing unread; False on timeout."""
         try:
-            await asyncio.wait_for(self._idle.wait(), deadline_s)
+            async with asyncio.timeout(deadline_s):
+                while True:
+                    await self._idle.wait()
+                    if self._spool is None or not self._spool.has_unread():
+                        return True
+                    self._replay_wanted.set()
+                    await asyncio.sleep(0.01)
         except TimeoutError:
             return False
-        return True
 
     @property
     def pending(self) -> int:
@@ -255,6 +280,9 @@ class KafkaSink:
         if self._closing:
             raise DeliveryError("sink is closed", retriable=False)
         self._routes_by_topic[topic] = route
+        if self._write_ahead:
+            await self._to_spool(SpooledRecord(topic, key, value, tuple(headers), receive_ts))
+            return
         if self._spool is None or not (self._spooling or self._slots.locked()):
             await self._slots.acquire()  # the common case: a slot is free
         else:
@@ -262,7 +290,9 @@ class KafkaSink:
             # failing (retry mode may begin while we wait).
             while True:
                 if self._spooling or (self._retrying and self._slots.locked()):
-                    await self._to_spool(SpooledRecord(topic, key, value, tuple(headers)))
+                    await self._to_spool(
+                        SpooledRecord(topic, key, value, tuple(headers), receive_ts)
+                    )
                     return
                 try:
                     await asyncio.wait_for(self._slots.acquire(), 0.25)
@@ -307,7 +337,8 @@ class KafkaSink:
         assert self._spool is not None
         if not self._spooling:
             self._spooling = True
-            log.warning("Kafka is not taking records: spooling to %s", self._spool.dir)
+            if not self._write_ahead:
+                log.warning("Kafka is not taking records: spooling to %s", self._spool.dir)
         while True:
             try:
                 self._spool.append(rec)
@@ -348,7 +379,13 @@ class KafkaSink:
                 await self._slots.acquire()
                 route = self._routes_by_topic.get(srec.topic, self._replay_route)
                 await self._accept(
-                    srec.topic, srec.key, srec.value, list(srec.headers), route, 0.0, spool_pos=pos
+                    srec.topic,
+                    srec.key,
+                    srec.value,
+                    list(srec.headers),
+                    route,
+                    srec.receive_ts,
+                    spool_pos=pos,
                 )
             self._spool_space.set()
             self._metrics.spool_bytes.set(spool.bytes)
@@ -357,7 +394,8 @@ class KafkaSink:
                 # between the check and the switch, so no record can slip in between.
                 if self._spooling:
                     self._spooling = False
-                    log.info("spool drained: sending directly again")
+                    if not self._write_ahead:
+                        log.info("spool drained: sending directly again")
                 self._replay_wanted.clear()
             elif not batch:
                 await asyncio.sleep(0.05)  # the open segment is being written
@@ -385,7 +423,7 @@ class KafkaSink:
                 assert self._spool is not None
                 self._spool.ack(rec.spool_pos)
                 self._metrics.replayed.inc()
-            elif rec.receive_ts:
+            if rec.receive_ts:
                 self._metrics.ack_latency.observe(max(0.0, time.time() - rec.receive_ts))
             self._finish(rec)
             return
@@ -446,6 +484,14 @@ class KafkaSink:
                 self._retry_wanted.clear()
                 log.info("Kafka sends recovered after %d ordered resend(s)", resent)
                 rounds = resent = 0
+
+    async def _save_watermarks(self) -> None:
+        """Persists how far Kafka acknowledged the spool (bounds a crash's replay)."""
+        assert self._spool is not None
+        while True:
+            await asyncio.sleep(self._settings.spool_watermark_interval_s)
+            self._spool.save_watermark()
+            self._metrics.spool_bytes.set(self._spool.bytes)
 
     async def _watchdog(self) -> None:
         limit = self._settings.kafka_send_timeout_s

@@ -10,7 +10,16 @@ the rest is counted as corrupt and skipped, never replayed as garbage.
 
 Positions are (segment, offset). ``read()`` hands out records in append order; ``ack()``
 marks one done; a segment is deleted once it is closed, fully read and fully acked.
-On reopening (a restart), everything not deleted is replayed again: at-least-once.
+
+The *watermark* is the end of the longest acknowledged prefix (acks arrive out of order
+across partitions). ``save_watermark()`` writes it to ``<dir>/spool.ack`` (atomically:
+write, fsync, rename); on reopening (a restart, a crash) reading resumes there, so only
+what was unacknowledged, or acknowledged after the last save, is replayed again:
+at-least-once with the duplicates bounded by how often the watermark is saved.
+
+A record may carry the wall-clock time it was received (8 bytes after the headers;
+records without it decode with ``receive_ts = 0``), so receive→ack latency stays true
+for records that went through the disk.
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +37,8 @@ from connector.errors import ConnectorError
 
 _HEADER = struct.Struct("<II")
 _U32 = struct.Struct("<I")
+_F64 = struct.Struct("<d")
+_WATERMARK = "spool.ack"
 
 FsyncPolicy = Literal["always", "segment", "never"]
 
@@ -41,6 +53,7 @@ class SpooledRecord:
     key: bytes
     value: bytes
     headers: tuple[tuple[str, bytes], ...]
+    receive_ts: float = 0.0  # wall-clock seconds; 0 = unknown
 
 
 def encode_record(rec: SpooledRecord) -> bytes:
@@ -52,6 +65,8 @@ def encode_record(rec: SpooledRecord) -> bytes:
     for k, v in rec.headers:
         kb = k.encode()
         out += _U32.pack(len(kb)) + kb + _U32.pack(len(v)) + v
+    if rec.receive_ts:
+        out += _F64.pack(rec.receive_ts)
     return bytes(out)
 
 
@@ -72,6 +87,11 @@ def decode_record(payload: bytes) -> SpooledRecord:
     (count,) = _U32.unpack_from(payload, pos)
     pos += 4
     headers = tuple((take().decode(), take()) for _ in range(count))
+    rest = len(payload) - pos
+    if rest == _F64.size:
+        return SpooledRecord(topic, key, value, headers, _F64.unpack_from(payload, pos)[0])
+    if rest:
+        raise ValueError(f"{rest} trailing bytes")
     return SpooledRecord(topic, key, value, headers)
 
 
@@ -100,6 +120,40 @@ class Spool:
         self._read_off = 0
         self._read_off_before = 0
         self._reader: BinaryIO | None = None
+        # Handed out in order: [segment, start, end, acked]; the acked prefix is popped.
+        self._handed: deque[list[int]] = deque()
+        self._by_pos: dict[tuple[int, int], list[int]] = {}
+        self._watermark: tuple[int, int] | None = None
+        self._saved_watermark: tuple[int, int] | None = None
+        self._resume_from_watermark()
+        if self._saved_watermark is not None:
+            # Segment numbers only grow, past the watermark's too (its segment may be
+            # gone), so a saved watermark never points into newer data.
+            self._write_seg = max(self._write_seg, self._saved_watermark[0] + 1)
+            if not self._segments:
+                self._read_seg = self._write_seg
+
+    def _resume_from_watermark(self) -> None:
+        path = self.dir / _WATERMARK
+        try:
+            seg_s, off_s = path.read_text().split()
+            seg, off = int(seg_s), int(off_s)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            self.corrupt += 1  # unreadable: replay everything (duplicates, never a loss)
+            return
+        self._saved_watermark = (seg, off)
+        # Everything before the watermark was acknowledged: older segments can go.
+        for old in [n for n in self._segments if n < seg]:
+            self._path(old).unlink(missing_ok=True)
+            self._segments.remove(old)
+            self._sizes.pop(old, None)
+            self._unacked.pop(old, None)
+        if seg in self._sizes and off <= self._sizes[seg]:
+            self._read_seg, self._read_off = seg, off
+        elif self._segments:
+            self._read_seg, self._read_off = self._segments[0], 0
 
     def _path(self, n: int) -> Path:
         return self.dir / f"spool-{n:012d}.seg"
@@ -168,6 +222,9 @@ class Spool:
                 continue
             pos = (self._read_seg, self._read_off_before)
             self._unacked[self._read_seg] += 1
+            entry = [self._read_seg, self._read_off_before, self._read_off, 0]
+            self._handed.append(entry)
+            self._by_pos[pos] = entry
             handed += 1
             yield pos, rec
 
@@ -206,10 +263,59 @@ class Spool:
             self._read_seg, self._read_off = max(done + 1, self._write_seg), 0
 
     def ack(self, pos: tuple[int, int]) -> None:
+        entry = self._by_pos.pop(pos, None)
+        if entry is None:
+            return  # not handed out by this instance (or acked already)
+        entry[3] = 1
+        handed = self._handed
+        while handed and handed[0][3]:
+            first = handed.popleft()
+            self._watermark = (first[0], first[2])
         seg = pos[0]
         if seg in self._unacked:
             self._unacked[seg] -= 1
             self._maybe_delete(seg, fully_read=seg < self._read_seg)
+
+    @property
+    def watermark(self) -> tuple[int, int] | None:
+        """End of the acknowledged prefix of what this instance handed out."""
+        return self._watermark
+
+    def save_watermark(self) -> bool:
+        """Persists the watermark (if it moved); True if written."""
+        mark = self._watermark
+        if mark is None or mark == self._saved_watermark:
+            return False
+        tmp = self.dir / (_WATERMARK + ".tmp")
+        with tmp.open("w") as f:
+            f.write(f"{mark[0]} {mark[1]}\n")
+            f.flush()
+            if self.fsync != "never":
+                os.fsync(f.fileno())
+        os.replace(tmp, self.dir / _WATERMARK)
+        self._saved_watermark = mark
+        return True
+
+    def scan_unread(self) -> Iterator[SpooledRecord]:
+        """Every unread record, in order, without handing anything out (start-up: what
+        an earlier run left, e.g. to find the last trade it took)."""
+        segs = [n for n in self._segments if n >= self._read_seg]
+        for n in segs:
+            start = self._read_off if n == self._read_seg else 0
+            with self._path(n).open("rb") as f:
+                f.seek(start)
+                data = f.read(self._sizes[n] - start)
+            pos = 0
+            while pos + _HEADER.size <= len(data):
+                length, crc = _HEADER.unpack_from(data, pos)
+                payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
+                if len(payload) != length or zlib.crc32(payload) != crc:
+                    break
+                pos += _HEADER.size + length
+                try:
+                    yield decode_record(payload)
+                except (ValueError, struct.error, UnicodeDecodeError):
+                    break
 
     def _maybe_delete(self, seg: int, *, fully_read: bool) -> None:
         if not fully_read or self._unacked.get(seg, 0) > 0:
@@ -222,6 +328,7 @@ class Spool:
         self._unacked.pop(seg, None)
 
     def close(self) -> None:
+        self.save_watermark()
         if self._writer is not None:
             self._close_writer()
         if self._reader is not None:

@@ -35,6 +35,11 @@ class Running:
             r = await client.get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=5)
             return r.text
 
+    async def kill(self) -> int:
+        """SIGKILL: no handler runs, nothing is flushed or closed."""
+        self.proc.kill()
+        return await self.proc.wait()
+
     async def stop(self, timeout: float = 40) -> int:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGTERM)

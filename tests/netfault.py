@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+
+from connector.embedded import EmbeddedBroker, free_port
 
 
 class FaultyLink:
@@ -53,3 +56,20 @@ class FaultyLink:
             while data := await src.read(65536):
                 dst.write(data)
                 await dst.drain()
+
+
+@contextlib.asynccontextmanager
+async def cuttable_broker() -> AsyncIterator[tuple[EmbeddedBroker, FaultyLink]]:
+    """An embedded broker reached only through a ``FaultyLink`` (it advertises the
+    link's port, so every client connection goes through it). ``link.cut()`` makes it
+    unreachable while it keeps its data."""
+    link_port = free_port()
+    broker = EmbeddedBroker(advertised_port=link_port)
+    broker.start()
+    link = FaultyLink(broker.port, link_port)
+    await link.restore()
+    try:
+        yield broker, link
+    finally:
+        await link.cut()
+        broker.stop()

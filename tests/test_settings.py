@@ -163,9 +163,16 @@ def test_cli_check_config_prints_effective_settings_without_secrets() -> None:
 
 
 def test_readme_documents_every_setting() -> None:
-    from connector.settings import Settings
+    from connector.settings import Settings, readme_with_settings
 
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     for name, info in Settings.model_fields.items():
         assert info.description, f"setting {name} has no description"
         assert f"| `{name}` | `{env_name(name)}` |" in readme, f"README lacks {name}"
+    assert readme_with_settings(readme) == readme, "README settings table is stale: make docs"
+
+
+def test_write_ahead_needs_a_spool_directory() -> None:
+    r = _cli("check-config", env={"CONNECTOR_SPOOL_WRITE_AHEAD": "true"})
+    assert r.returncode == 2
+    assert "CONNECTOR_SPOOL_WRITE_AHEAD" in r.stderr and "CONNECTOR_SPOOL_DIR" in r.stderr

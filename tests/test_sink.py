@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from connector.embedded import EmbeddedBroker, free_port
 from connector.errors import ConfigError
 from connector.metrics import Metrics
 from connector.settings import load_settings
 from connector.sink import KafkaSink
 from connector.topics import ensure_topics
 from tests.conftest import Broker
-from tests.netfault import FaultyLink
+from tests.netfault import cuttable_broker
 
 pytestmark = pytest.mark.integration
 
@@ -84,15 +84,6 @@ async def test_permanent_rejection_is_counted_not_silent(
     assert "rejected a 200000-byte record" in caplog.text
 
 
-async def _cut_broker() -> tuple[EmbeddedBroker, FaultyLink, str]:
-    link_port = free_port()
-    broker = EmbeddedBroker(advertised_port=link_port)
-    broker.start()
-    link = FaultyLink(broker.port, link_port)
-    await link.restore()
-    return broker, link, broker.bootstrap
-
-
 async def test_outage_then_recovery_delivers_everything_in_order(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -103,9 +94,9 @@ async def test_outage_then_recovery_delivers_everything_in_order(
     in order.
     """
     caplog.set_level(logging.INFO)
-    broker, link, bootstrap = await _cut_broker()
     topic = "outage.test"
-    try:
+    async with cuttable_broker() as (broker, link):
+        bootstrap = broker.bootstrap
         await ensure_topics(bootstrap, [topic], 1, 1)
         metrics = Metrics()
         settings = load_settings(
@@ -130,9 +121,6 @@ async def test_outage_then_recovery_delivers_everything_in_order(
         assert await sink.flush(60), f"{sink.pending} records still pending"
         await sink.close()
         values = await consume(bootstrap, topic, 300)
-    finally:
-        await link.cut()
-        broker.stop()
     assert sink.failed == 0 and sink.delivered == 300
     assert values == [b"%04d" % i for i in range(300)]  # all of them, once, in order
     assert "retrying in order" in caplog.text
@@ -168,9 +156,9 @@ async def test_auto_replication_factor_fits_the_cluster(broker: Broker, topic_pr
 
 
 async def test_outage_spills_to_the_spool_and_replays_in_order(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    broker, link, bootstrap = await _cut_broker()
     topic = "spool.test"
-    try:
+    async with cuttable_broker() as (broker, link):
+        bootstrap = broker.bootstrap
         await ensure_topics(bootstrap, [topic], 1, 1)
         metrics = Metrics()
         settings = load_settings(
@@ -202,9 +190,6 @@ async def test_outage_spills_to_the_spool_and_replays_in_order(tmp_path) -> None
                 await asyncio.sleep(0.1)
         await sink.close()
         values = await consume(bootstrap, topic, 3000)
-    finally:
-        await link.cut()
-        broker.stop()
     assert values == [b"%05d" % i for i in range(3000)]  # all, once, in order
     assert metrics.replayed._value.get() == sink.spooled
     assert not list((tmp_path / "spool").glob("*.seg")) or all(
@@ -213,9 +198,9 @@ async def test_outage_spills_to_the_spool_and_replays_in_order(tmp_path) -> None
 
 
 async def test_shutdown_during_an_outage_keeps_records_for_the_next_start(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    broker, link, bootstrap = await _cut_broker()
     topic = "spool.restart"
-    try:
+    async with cuttable_broker() as (broker, link):
+        bootstrap = broker.bootstrap
         await ensure_topics(bootstrap, [topic], 1, 1)
         settings = load_settings(
             kafka_bootstrap_servers=bootstrap,
@@ -244,8 +229,51 @@ async def test_shutdown_during_an_outage_keeps_records_for_the_next_start(tmp_pa
                 await asyncio.sleep(0.1)
         await second.close()
         values = await consume(bootstrap, topic, 301)
-    finally:
-        await link.cut()
-        broker.stop()
     assert values == [b"%04d" % i for i in range(300)] + [b"new"]
     assert metrics.replayed._value.get() == 301  # the new record queued behind the spool
+
+
+async def test_write_ahead_sends_through_the_spool_and_a_kill_replays_only_the_unacked(
+    broker: Broker, topic_prefix: str, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    topic = f"{topic_prefix}.wal"
+    await ensure_topics(broker.bootstrap, [topic], 1, 1)
+    spool_dir = tmp_path / "spool"
+    settings = _settings(
+        broker.env(),
+        spool_dir=spool_dir,
+        spool_write_ahead=True,
+        spool_watermark_interval_s=0.1,
+    )
+    metrics = Metrics()
+    sink = KafkaSink(settings, broker.bootstrap, metrics)
+    await sink.start()
+    route = metrics.route("bitstamp", "live_trades", "btcusd")
+    for i in range(2000):
+        await sink.send(topic, b"k", b"%05d" % i, [("h", b"v")], route, 1.0)
+    assert await sink.flush(30)
+    assert metrics.spooled._value.get() == 2000  # every record went to disk first
+    assert metrics.replayed._value.get() == 2000  # ... and reached Kafka from there
+    assert metrics.ack_latency._sum.get() > 0  # the receive time survived the disk
+    await asyncio.sleep(0.5)  # the watermark is saved
+    assert (spool_dir / "spool.ack").exists()
+    # A kill: no close(). Anything written after the last watermark would come again;
+    # everything acknowledged before it must not.
+    for task in sink._tasks:
+        task.cancel()
+    await asyncio.gather(*sink._tasks, return_exceptions=True)
+    await sink._stop_producer()
+    spool = sink._spool
+    assert spool is not None and sink._lock_fd is not None
+    for f in (spool._writer, spool._reader):
+        if f is not None:
+            f.close()  # no Spool.close(): it would save the watermark once more
+    os.close(sink._lock_fd)
+    again = KafkaSink(settings, broker.bootstrap, Metrics())
+    assert list(again.spooled_records()) == []
+    await again.start()
+    await again.send(topic, b"k", b"after", [], route, 1.0)
+    assert await again.flush(30)
+    await again.close()
+    values = await consume(broker.bootstrap, topic, 2001)
+    assert values == [b"%05d" % i for i in range(2000)] + [b"after"]

@@ -1,5 +1,6 @@
-"""The on-disk spool: any sequence of append / read / ack / crash / replay loses nothing
-and keeps order (hypothesis, model-based), and a torn write is skipped, never replayed."""
+"""The on-disk spool: any sequence of append / read / ack / save-watermark / close /
+kill / replay loses nothing, keeps order and never replays what a saved watermark covers
+(hypothesis, model-based); a torn write is skipped, never replayed."""
 
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ class SpoolMachine(RuleBasedStateMachine):
         self.session_reads: list[int] = []
         self.outstanding: list[tuple[tuple[int, int], int]] = []
         self.next = 0
+        self.handed: list[int] = []  # this session, in hand-out order
+        self.acked: set[int] = set()
+        self.covered: set[int] = set()  # under a saved watermark: never replayed
+
+    def _covered_now(self) -> set[int]:
+        prefix: set[int] = set()
+        for i in self.handed:
+            if i not in self.acked:
+                break
+            prefix.add(i)
+        return prefix
 
     def teardown(self) -> None:
         try:
@@ -59,9 +71,11 @@ class SpoolMachine(RuleBasedStateMachine):
     def read(self, limit: int) -> None:
         for pos, rec in self.spool.read(limit):
             i = index(rec)
+            assert i not in self.covered, f"record {i} replayed below the saved watermark"
             self.ever_read.add(i)
             self.session_reads.append(i)
             self.outstanding.append((pos, i))
+            self.handed.append(i)
 
     @precondition(lambda self: self.outstanding)
     @rule(k=st.integers(1, 10), newest_first=st.booleans())
@@ -70,13 +84,34 @@ class SpoolMachine(RuleBasedStateMachine):
         for item in batch:
             self.spool.ack(item[0])
             self.outstanding.remove(item)
+            self.acked.add(item[1])
 
     @rule()
-    def crash_and_reopen(self) -> None:
-        self.spool.close()
+    def save_watermark(self) -> None:
+        self.spool.save_watermark()
+        self.covered |= self._covered_now()
+
+    def _reopen(self) -> None:
         self.spool = Spool(self.dir, segment_bytes=300, max_bytes=10**9, fsync="never")
         self.outstanding.clear()  # unacked records come back: at-least-once
         self.session_reads.clear()
+        self.handed.clear()
+        self.acked.clear()
+
+    @rule()
+    def close_and_reopen(self) -> None:
+        self.spool.close()  # saves the watermark
+        self.covered |= self._covered_now()
+        self._reopen()
+
+    @rule()
+    def kill_and_reopen(self) -> None:
+        # SIGKILL: no close, no last watermark; only what the OS already has survives
+        # (every append is flushed to the OS).
+        for f in (self.spool._writer, self.spool._reader):
+            if f is not None:
+                f.close()
+        self._reopen()
 
     @invariant()
     def reads_keep_append_order(self) -> None:
@@ -88,6 +123,7 @@ class SpoolMachine(RuleBasedStateMachine):
             got = list(self.spool.read(1000))
             assert got, "has_unread() but nothing read"
             for pos, rec in got:
+                assert index(rec) not in self.covered
                 self.ever_read.add(index(rec))
                 self.session_reads.append(index(rec))
                 self.spool.ack(pos)
@@ -186,3 +222,56 @@ def test_a_fully_delivered_open_segment_is_not_replayed_after_close(tmp_path: Pa
     again = Spool(tmp_path, fsync="never")
     assert not again.has_unread() and list(again.read(100)) == []
     again.close()
+
+
+def test_watermark_bounds_what_a_kill_replays(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, segment_bytes=10**6, fsync="never")
+    for i in range(100):
+        spool.append(record(i))
+    got = list(spool.read(100))
+    for pos, _ in got[:60]:
+        spool.ack(pos)
+    spool.ack(got[70][0])  # out of order: does not move the watermark past 60
+    assert spool.save_watermark()
+    assert not spool.save_watermark()  # unchanged: nothing written
+    for f in (spool._writer, spool._reader):
+        if f is not None:
+            f.close()  # killed: no close(), so no newer watermark
+    again = Spool(tmp_path, segment_bytes=10**6, fsync="never")
+    assert [index(r) for _, r in again.read(1000)] == list(range(60, 100))
+    again.close()
+
+
+def test_segment_numbers_continue_past_a_deleted_watermark_segment(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, segment_bytes=200, fsync="never")
+    for i in range(30):
+        spool.append(record(i))
+    for pos, _ in list(spool.read(1000)):
+        spool.ack(pos)
+    spool.close()  # watermark in a segment that is now deleted
+    spool = Spool(tmp_path, segment_bytes=200, fsync="never")
+    spool.append(record(99))
+    spool.close()
+    spool = Spool(tmp_path, segment_bytes=200, fsync="never")
+    assert [index(r) for _, r in spool.read(10)] == [99]  # not mistaken for acknowledged
+    spool.close()
+
+
+def test_receive_time_survives_the_disk_and_old_records_still_decode() -> None:
+    rec = SpooledRecord("t", b"k", b"v", (), receive_ts=1700000000.25)
+    assert decode_record(encode_record(rec)) == rec
+    old = SpooledRecord("t", b"k", b"v", ())
+    assert decode_record(encode_record(old)).receive_ts == 0.0
+    with pytest.raises(ValueError):
+        decode_record(encode_record(old) + b"xyz")
+
+
+def test_scan_unread_does_not_hand_anything_out(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, segment_bytes=200, fsync="never")
+    for i in range(20):
+        spool.append(record(i))
+    for pos, _ in list(spool.read(5)):
+        spool.ack(pos)
+    assert [index(r) for r in spool.scan_unread()] == list(range(5, 20))
+    assert [index(r) for _, r in spool.read(100)] == list(range(5, 20))
+    spool.close()
