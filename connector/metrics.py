@@ -103,8 +103,16 @@ class Metrics:
         )
         self.duplicates = Counter(
             "connector_duplicates_dropped_total",
-            "Events not published again because they already were (trade ids).",
+            "Events not published again because they already were (trade ids, the overlap "
+            "of a make-before-break switch).",
             ("exchange", "channel"),
+            registry=r,
+        )
+        self.handovers = Counter(
+            "connector_handovers_total",
+            "Make-before-break connection switches (request_reconnect, max_age) by outcome: "
+            "switched (no gap), gap (the old connection died first), failed (kept the old).",
+            ("exchange", "reason", "outcome"),
             registry=r,
         )
         self.stale_diffs = Counter(

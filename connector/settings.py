@@ -206,6 +206,12 @@ class Settings(BaseSettings):
     subscribe_timeout_s: float = Field(
         default=10.0, gt=0, description="No subscription confirmation this long: rejected."
     )
+    connection_max_age_s: float = Field(
+        default=85 * 86400.0,
+        ge=0,
+        description="Rotate a connection make-before-break once it is this old (Bitstamp "
+        "closes connections after 90 days); 0 disables.",
+    )
     stale_after_s: dict[str, float] = Field(
         default={
             "live_trades": 0.0,

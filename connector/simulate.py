@@ -141,6 +141,7 @@ class Simulator:
         reject_markets: tuple[str, ...] = (),
         rate_weights: dict[str, float] | None = None,
         idle_trade_rate: float = 0.0,
+        heartbeat_reply_delay: float = 0.0,
     ) -> None:
         self.host = host
         self.port = port
@@ -155,6 +156,8 @@ class Simulator:
         self.rate_weights = dict(rate_weights or {})
         self._rate_epoch = 0
         self.idle_trade_rate = idle_trade_rate
+        # A slow server: heartbeat replies come this late (data keeps flowing meanwhile).
+        self.heartbeat_reply_delay = heartbeat_reply_delay
         self.unsent_trades: dict[str, list[str]] = defaultdict(list)  # ids never sent
         self.refuse: list[int] = []  # HTTP statuses for the next handshakes
         self.handshakes_refused = 0
@@ -172,6 +175,7 @@ class Simulator:
         self._subscribers: dict[str, dict[ServerConnection, None]] = defaultdict(dict)
         self._streams: dict[str, tuple[float, int]] = {}  # channel name → (start, made)
         self._broadcast_task: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
         self.subscribe_requests = 0
         self._gens: dict[str, _Gen] = {}
         self._server: Server | None = None
@@ -230,8 +234,17 @@ class Simulator:
 
     # --- faults ----------------------------------------------------------------------
     async def fault(
-        self, kind: str, *, status: int = 503, count: int = 1, channel: str = ""
+        self,
+        kind: str,
+        *,
+        status: int = 503,
+        count: int = 1,
+        channel: str = "",
+        close_after: float = 0.0,
     ) -> int:
+        """Injects a fault into every current connection (or the next handshakes).
+        ``request_reconnect`` with ``close_after``: the server also closes those
+        connections that many seconds later, as Bitstamp does before maintenance."""
         if kind == "refuse":
             self.refuse.extend([status] * count)
             return count
@@ -259,6 +272,10 @@ class Simulator:
                         {"event": "bts:request_reconnect", "channel": "", "data": ""}
                     ).decode()
                 )
+                if close_after > 0:
+                    task = asyncio.create_task(self._close_later(ws, close_after))
+                    self._background.add(task)
+                    task.add_done_callback(self._background.discard)
             elif kind == "drop":
                 ws.transport.abort()
             elif kind == "garbage":
@@ -268,6 +285,11 @@ class Simulator:
             else:
                 raise ValueError(f"unknown fault {kind!r}")
         return n
+
+    @staticmethod
+    async def _close_later(ws: ServerConnection, delay: float) -> None:
+        await asyncio.sleep(delay)
+        await ws.close(1012, "maintenance")
 
     # --- data ------------------------------------------------------------------------
     def _gen(self, market: str) -> _Gen:
@@ -441,6 +463,8 @@ class Simulator:
             await ws.send(error("Bad request."))
             return
         if event == "bts:heartbeat":
+            if self.heartbeat_reply_delay:
+                await asyncio.sleep(self.heartbeat_reply_delay)
             await ws.send(
                 orjson.dumps(
                     {"event": "bts:heartbeat", "channel": "", "data": {"status": "success"}}
@@ -565,6 +589,7 @@ class Simulator:
                     status=int(query.get("status", ["503"])[0]),
                     count=int(query.get("count", ["1"])[0]),
                     channel=query.get("channel", [""])[0],
+                    close_after=float(query.get("close_after", ["0"])[0]),
                 )
             except ValueError as exc:
                 return _json({"status": "error", "reason": str(exc)}, HTTPStatus.BAD_REQUEST)

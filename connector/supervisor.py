@@ -5,7 +5,10 @@ Each runs forever until asked to stop:
 
     connect → subscribe (one channel per frame) → read, decode, publish
             ↘ heartbeat every N s; no reply within the deadline → dead, reconnect
-            ↘ bts:request_reconnect → reconnect at once
+            ↘ bts:request_reconnect, or the connection's age limit → make-before-break:
+              a second connection subscribes while this one reads on; once every
+              subscription is confirmed there, a heartbeat barrier ends this reader, the
+              successor publishes past the overlap (each event once), this one closes
             ↘ connection lost / handshake failed → reconnect after capped, jittered backoff
 
 A subscription not confirmed in time is reported and retried after a long backoff (never
@@ -21,6 +24,8 @@ import logging
 import random
 import time
 import uuid
+from collections import deque
+from dataclasses import dataclass, field
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -48,6 +53,7 @@ from connector.events import (
     SubscriptionSucceeded,
     UnsubscriptionSucceeded,
 )
+from connector.handover import Dedup, Tail
 from connector.metrics import Metrics
 from connector.pipeline import Publisher
 from connector.settings import Settings
@@ -71,6 +77,41 @@ def backoff_delay(attempt: int, initial: float, cap: float) -> float:
     return random.uniform(0, min(cap, initial * 2 ** min(attempt, 32)))
 
 
+HANDOVER_BUFFER_LIMIT = 200_000  # successor events buffered before the switch
+
+
+@dataclass(eq=False)
+class _Link:
+    """One WebSocket connection and its reader's state."""
+
+    ws: ClientConnection
+    decoder: BitstampDecoder
+    cid: str
+    opened: float  # monotonic
+    reader: asyncio.Task[None] | None = None
+    last_frame_ts: float = 0.0  # wall clock
+    # heartbeats: time of the oldest unanswered one (0: none), and counts for the barrier
+    hb_pending_since: float = 0.0
+    hb_sent: int = 0
+    hb_replies: int = 0
+    barrier: int = 0  # stop reading after this many heartbeat replies (0: no barrier)
+    stop_reading: bool = False
+    # make-before-break: wanted (reason, retry time), the old side's tail, the
+    # successor's buffer and confirmations, and the filters once it took over
+    handover_reason: str = ""
+    handover_retry_at: float = 0.0
+    handover_attempts: int = 0
+    handover_wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    tail: Tail | None = None
+    buffering: bool = False
+    buffer: deque[tuple[SubState | None, MarketEvent, float]] = field(default_factory=deque)
+    required: set[str] = field(default_factory=set)
+    confirmed: set[str] = field(default_factory=set)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    failure: str = ""
+    dedup: dict[str, Dedup] | None = None
+
+
 class Connection:
     def __init__(
         self,
@@ -90,10 +131,11 @@ class Connection:
         self._by_pair = {(s.channel, s.market): s for s in self.subs.values()}
         self._last_frame_ts = 0.0
         self._drained: asyncio.Event | None = None  # set while draining at shutdown
+        self._active: _Link | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self.connection_id = ""
         self.connected = False
         self._invalid = 0
-        self._hb_sent = 0.0  # monotonic time of the unanswered heartbeat, 0: none pending
 
     @property
     def live(self) -> int:
@@ -102,66 +144,71 @@ class Connection:
     async def run(self, stop: asyncio.Event) -> None:
         s = self._settings
         attempt = 0
-        while not stop.is_set():
-            started = time.monotonic()
-            try:
-                await self._session(stop)
-            except _Reconnect as exc:
-                reason, immediate = exc.reason, exc.immediate
-                log.warning(
-                    "[conn %d %s] connection ended: %s", self.index, self.connection_id, exc
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    await self._session(stop)
+                except _Reconnect as exc:
+                    reason, immediate = exc.reason, exc.immediate
+                    log.warning(
+                        "[conn %d %s] connection ended: %s", self.index, self.connection_id, exc
+                    )
+                except InvalidURI as exc:
+                    raise ConfigError(
+                        f"BITSTAMP_WS_URL is not a valid WebSocket URI: {exc}"
+                    ) from exc
+                except InvalidStatus as exc:
+                    status = exc.response.status_code
+                    reason, immediate = f"http_{status}", False
+                    log.warning("[conn %d] handshake rejected with HTTP %d", self.index, status)
+                except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
+                    reason, immediate = type(exc).__name__, False
+                    log.warning(
+                        "[conn %d %s] connection to %s failed: %r",
+                        self.index,
+                        self.connection_id,
+                        self._settings.bitstamp_ws_url,
+                        exc,
+                    )
+                else:
+                    return  # stop requested
+                self.connected = False
+                self._metrics.reconnects.labels(EXCHANGE, reason).inc()
+                last_frame = self._last_frame_ts or time.time()
+                self.gaps.lost(list(self.subs.values()), reason, int(last_frame * 1_000_000))
+                self._update_live_gauge()
+                if stop.is_set():
+                    return
+                # A connection that stayed up a while was healthy: start the backoff afresh.
+                if time.monotonic() - started > 2 * s.reconnect_backoff_max_s:
+                    attempt = 0
+                delay = (
+                    0.0
+                    if immediate
+                    else backoff_delay(
+                        attempt, s.reconnect_backoff_initial_s, s.reconnect_backoff_max_s
+                    )
                 )
-            except InvalidURI as exc:
-                raise ConfigError(f"BITSTAMP_WS_URL is not a valid WebSocket URI: {exc}") from exc
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                reason, immediate = f"http_{status}", False
-                log.warning("[conn %d] handshake rejected with HTTP %d", self.index, status)
-            except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
-                reason, immediate = type(exc).__name__, False
-                log.warning(
-                    "[conn %d %s] connection to %s failed: %r",
+                attempt = 0 if immediate else attempt + 1
+                log.info(
+                    "[conn %d] reconnecting in %.2fs (attempt %d, reason %s)",
                     self.index,
-                    self.connection_id,
-                    self._settings.bitstamp_ws_url,
-                    exc,
+                    delay,
+                    attempt,
+                    reason,
                 )
-            else:
-                return  # stop requested
-            self.connected = False
-            self._metrics.reconnects.labels(EXCHANGE, reason).inc()
-            last_frame = self._last_frame_ts or time.time()
-            self.gaps.lost(list(self.subs.values()), reason, int(last_frame * 1_000_000))
-            self._update_live_gauge()
-            if stop.is_set():
-                return
-            # A connection that stayed up a while was healthy: start the backoff afresh.
-            if time.monotonic() - started > 2 * s.reconnect_backoff_max_s:
-                attempt = 0
-            delay = (
-                0.0
-                if immediate
-                else backoff_delay(
-                    attempt, s.reconnect_backoff_initial_s, s.reconnect_backoff_max_s
-                )
-            )
-            attempt = 0 if immediate else attempt + 1
-            log.info(
-                "[conn %d] reconnecting in %.2fs (attempt %d, reason %s)",
-                self.index,
-                delay,
-                attempt,
-                reason,
-            )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), delay)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+        finally:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
-    async def _session(self, stop: asyncio.Event) -> None:
+    # --- one session: a chain of connections handed over make-before-break ------------
+    async def _connect(self) -> _Link:
         s = self._settings
-        self.connection_id = uuid.uuid4().hex[:16]
-        self.gaps.connection_id = self.connection_id
-        decoder = BitstampDecoder(self.connection_id)
-        async with websockets.connect(
+        cid = uuid.uuid4().hex[:16]
+        self.connection_id = self.connection_id or cid
+        ws = await websockets.connect(
             s.bitstamp_ws_url,
             max_size=s.ws_max_size_bytes,
             open_timeout=s.ws_open_timeout_s,
@@ -170,45 +217,236 @@ class Connection:
             ping_interval=20,
             ping_timeout=20,
             max_queue=64,
-        ) as ws:
-            self.connected = True
-            self._hb_sent = 0.0
-            log.info(
-                "[conn %d %s] connected to %s", self.index, self.connection_id, s.bitstamp_ws_url
-            )
+        )
+        return _Link(ws, BitstampDecoder(cid), cid, time.monotonic())
+
+    def _adopt(self, link: _Link) -> None:
+        self._active = link
+        self.connection_id = link.cid
+        self.gaps.connection_id = link.cid
+        self.connected = True
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        self.connection_id = ""
+        link = await self._connect()
+        self._adopt(link)
+        log.info(
+            "[conn %d %s] connected to %s",
+            self.index,
+            self.connection_id,
+            self._settings.bitstamp_ws_url,
+        )
+        try:
             now = time.monotonic()
             for sub in self.subs.values():
-                await self._subscribe(ws, sub, now)
+                await self._subscribe(link.ws, sub, now)
             log.info(
                 "[conn %d %s] subscribing to %d channel(s)",
                 self.index,
                 self.connection_id,
                 len(self.subs),
             )
-            watch = asyncio.create_task(self._watch(ws), name=f"watch-{self.index}")
-            stopper = asyncio.create_task(stop.wait(), name=f"stop-{self.index}")
-            reader = asyncio.create_task(self._read(ws, decoder), name=f"read-{self.index}")
-            try:
-                done, _ = await asyncio.wait(
-                    {watch, stopper, reader}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if stopper in done and reader not in done:
-                    await self._unsubscribe_and_drain(ws)
-            finally:
-                for task in (watch, stopper, reader):
-                    task.cancel()
-                await asyncio.gather(watch, stopper, reader, return_exceptions=True)
-                # What was received is published even when recovery did not finish.
-                await self.gaps.drain(list(self.subs.values()))
-            if stopper in done:
-                log.info("[conn %d %s] closing (shutdown)", self.index, self.connection_id)
-                return
-            for task in (reader, watch):
-                if task in done and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            raise _Reconnect("closed", "the exchange closed the connection")
+            link.reader = asyncio.create_task(self._read(link), name=f"read-{self.index}")
+            while True:
+                successor = await self._serve(link, stop)
+                if successor is None:
+                    return  # stop requested
+                link = await self._switch(link, successor)
+        finally:
+            if link.reader is not None:
+                link.reader.cancel()
+                await asyncio.gather(link.reader, return_exceptions=True)
+            # What was received is published even when recovery did not finish.
+            await self.gaps.drain(list(self.subs.values()))
+            await self._close(link)
 
-    async def _unsubscribe_and_drain(self, ws: ClientConnection) -> None:
+    async def _close(self, link: _Link) -> None:
+        with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
+            await asyncio.wait_for(link.ws.close(), 6)
+
+    async def _serve(self, link: _Link, stop: asyncio.Event) -> _Link | None:
+        """Runs ``link`` until it fails (raises), stop is requested (None), or a
+        successor is subscribed and confirmed (returned, buffering)."""
+        assert link.reader is not None
+        watch = asyncio.create_task(self._watch(link), name=f"watch-{self.index}")
+        stopper = asyncio.create_task(stop.wait(), name=f"stop-{self.index}")
+        wanted: asyncio.Task[bool] = asyncio.create_task(
+            link.handover_wanted.wait(), name=f"want-{self.index}"
+        )
+        handover: asyncio.Task[_Link | None] | None = None
+        successor: _Link | None = None
+        try:
+            while True:
+                pending = {watch, stopper, link.reader, handover or wanted}
+                done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                if stopper in done:
+                    if not link.reader.done():
+                        await self._unsubscribe_and_drain(link)
+                    log.info("[conn %d %s] closing (shutdown)", self.index, link.cid)
+                    return None
+                for task in (link.reader, watch):
+                    if task in done:
+                        exc = task.exception()
+                        if link.handover_reason == "request_reconnect":
+                            raise _Reconnect(
+                                "request_reconnect", f"before the handover completed ({exc})"
+                            )
+                        if exc is not None:
+                            raise exc
+                        raise _Reconnect("closed", "the exchange closed the connection")
+                if wanted in done:
+                    link.handover_wanted.clear()
+                    handover = asyncio.create_task(
+                        self._prepare_successor(link), name=f"handover-{self.index}"
+                    )
+                    wanted = asyncio.create_task(link.handover_wanted.wait())
+                elif handover is not None and handover in done:
+                    successor = handover.result()
+                    handover = None
+                    if successor is not None:
+                        return successor
+                    self._handover_failed(link)
+        finally:
+            for aux in (watch, stopper, wanted):
+                aux.cancel()
+            if handover is not None:
+                handover.cancel()  # its own cleanup closes the successor
+            await asyncio.gather(
+                *(t for t in (watch, stopper, wanted, handover) if t is not None),
+                return_exceptions=True,
+            )
+
+    def _handover_failed(self, link: _Link) -> None:
+        s = self._settings
+        link.tail = None
+        delay = backoff_delay(
+            link.handover_attempts, s.reconnect_backoff_initial_s, s.reconnect_backoff_max_s
+        )
+        link.handover_attempts += 1
+        link.handover_retry_at = time.monotonic() + max(delay, 1.0)
+        self._metrics.handovers.labels(EXCHANGE, link.handover_reason, "failed").inc()
+        log.warning(
+            "[conn %d %s] handover (%s) failed; the current connection stays, next try in %.1fs",
+            self.index,
+            link.cid,
+            link.handover_reason,
+            max(delay, 1.0),
+        )
+
+    async def _prepare_successor(self, old: _Link) -> _Link | None:
+        """Opens a second connection and subscribes everything there while ``old`` keeps
+        reading; returns it once every subscription live on ``old`` is confirmed on it
+        (buffering what it receives), or None (logged) if that does not happen."""
+        s = self._settings
+        old.tail = Tail()  # from now on, ``old`` remembers what it received
+        try:
+            new = await self._connect()
+        except (OSError, InvalidHandshake, TimeoutError) as exc:
+            log.warning("[conn %d] handover: cannot open a second connection: %r", self.index, exc)
+            return None
+        adopted = False
+        new.failure = "cancelled"  # until it is ready
+        try:
+            new.buffering = True
+            new.required = {sub.name for sub in self.subs.values() if sub.confirmed}
+            log.info(
+                "[conn %d %s] handover (%s): connection %s subscribing to %d channel(s)",
+                self.index,
+                old.cid,
+                old.handover_reason,
+                new.cid,
+                len(self.subs),
+            )
+            new.reader = asyncio.create_task(self._read(new), name=f"read-{self.index}-next")
+            new.reader.add_done_callback(lambda _: new.ready.set())
+            for sub in self.subs.values():
+                await new.ws.send(subscribe_frame(sub.name))
+            if not new.required:
+                new.ready.set()
+            new.failure = ""
+            try:
+                await asyncio.wait_for(new.ready.wait(), s.subscribe_timeout_s)
+            except TimeoutError:
+                new.failure = new.failure or (
+                    f"{len(new.required - new.confirmed)} subscription(s) unconfirmed "
+                    f"after {s.subscribe_timeout_s:.0f}s"
+                )
+            if not new.failure and new.reader.done():
+                new.failure = f"the new connection ended: {new.reader.exception()!r}"
+        except (ConnectionClosed, OSError) as exc:
+            new.failure = f"the new connection failed: {exc!r}"
+        finally:
+            adopted = not new.failure
+            if not adopted:
+                if new.reader is not None:
+                    new.reader.cancel()
+                    await asyncio.gather(new.reader, return_exceptions=True)
+                await self._close(new)
+        if new.failure:
+            log.warning("[conn %d] handover: %s", self.index, new.failure)
+            return None
+        return new
+
+    async def _switch(self, old: _Link, new: _Link) -> _Link:
+        """Ends ``old`` at the barrier, then publishes ``new``'s buffer past the overlap
+        and lets ``new`` publish directly. If ``old`` dies first, the overlap is not
+        proven: that is a gap (recovered like any other) from its last frame."""
+        s = self._settings
+        assert old.reader is not None and new.reader is not None
+        reason = old.handover_reason
+        old.hb_sent += 1
+        old.barrier = old.hb_sent
+        proven = False
+        try:
+            await old.ws.send(HEARTBEAT_FRAME)
+            await asyncio.wait_for(asyncio.shield(old.reader), s.heartbeat_timeout_s)
+            proven = old.stop_reading
+        except (ConnectionClosed, OSError, TimeoutError, _Reconnect) as exc:
+            log.warning(
+                "[conn %d %s] handover: the old connection ended before the barrier (%r)",
+                self.index,
+                old.cid,
+                exc,
+            )
+        if not old.reader.done():
+            old.reader.cancel()
+            await asyncio.gather(old.reader, return_exceptions=True)
+        task = asyncio.create_task(self._close(old))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+        self._adopt(new)
+        if proven and old.tail is not None:
+            new.dedup = old.tail.filters()
+            outcome = "switched"
+        else:
+            last_us = int((old.last_frame_ts or time.time()) * 1_000_000)
+            self.gaps.lost(list(self.subs.values()), f"handover_{reason}", last_us)
+            outcome = "gap"
+        for sub in self.subs.values():
+            if sub.name in new.confirmed and not sub.confirmed:
+                self._confirmed(new, sub)  # not live on ``old`` (or a gap): recovery starts
+        old.tail = None
+        self._metrics.handovers.labels(EXCHANGE, reason, outcome).inc()
+        buffered = len(new.buffer)
+        while new.buffer:  # the reader keeps appending while we publish
+            held, msg, receive_ts = new.buffer.popleft()
+            await self._deliver(new, held, msg, receive_ts)
+        new.buffering = False  # no await since the buffer was seen empty: order holds
+        dropped = sum(d.dropped for d in (new.dedup or {}).values())
+        log.info(
+            "[conn %d %s] handover (%s) from %s complete: %s, %d buffered event(s), %d "
+            "overlapping dropped so far",
+            self.index,
+            new.cid,
+            reason,
+            old.cid,
+            "no gap" if outcome == "switched" else "gap recovered",
+            buffered,
+            dropped,
+        )
+        return new
+
+    async def _unsubscribe_and_drain(self, link: _Link) -> None:
         """Unsubscribes everything and keeps the reader going until the exchange confirms
         (or the deadline passes): what it already sent is still published."""
         deadline = self._settings.unsubscribe_timeout_s
@@ -218,12 +456,12 @@ class Connection:
         self._drained = asyncio.Event()
         try:
             for sub in live:
-                await ws.send(unsubscribe_frame(sub.name))
+                await link.ws.send(unsubscribe_frame(sub.name))
             await asyncio.wait_for(self._drained.wait(), deadline)
             log.info(
                 "[conn %d %s] %d unsubscription(s) confirmed; drained",
                 self.index,
-                self.connection_id,
+                link.cid,
                 len(live),
             )
         except TimeoutError:
@@ -231,14 +469,12 @@ class Connection:
             log.warning(
                 "[conn %d %s] %d unsubscription(s) unconfirmed after %.0fs; closing",
                 self.index,
-                self.connection_id,
+                link.cid,
                 left,
                 deadline,
             )
         except ConnectionClosed:
-            log.warning(
-                "[conn %d %s] connection closed while draining", self.index, self.connection_id
-            )
+            log.warning("[conn %d %s] connection closed while draining", self.index, link.cid)
         finally:
             self._drained = None
 
@@ -250,33 +486,57 @@ class Connection:
         sub.stale_resubscribed = False
         await ws.send(subscribe_frame(sub.name))
 
-    async def _read(self, ws: ClientConnection, decoder: BitstampDecoder) -> None:
-        publish = self._publisher.publish
-        admit = self.gaps.admit
+    # --- reading -----------------------------------------------------------------------
+    async def _read(self, link: _Link) -> None:
         by_pair = self._by_pair
-        async for frame in ws:
-            receive_ts = self._last_frame_ts = time.time()
+        deliver = self._deliver
+        async for frame in link.ws:
+            receive_ts = link.last_frame_ts = time.time()
             try:
-                messages = decoder.feed(frame, int(receive_ts * 1_000_000))
+                messages = link.decoder.feed(frame, int(receive_ts * 1_000_000))
             except ProtocolError as exc:
                 self._invalid_frame(exc)
-                await self._publisher.dead_letter(EXCHANGE, exc, self.connection_id, receive_ts)
+                await self._publisher.dead_letter(EXCHANGE, exc, link.cid, receive_ts)
                 continue
             for msg in messages:
                 if isinstance(msg, MarketEvent):
                     sub = by_pair.get((msg.channel, msg.market))
-                    if sub is not None:
-                        sub.last_event = time.monotonic()
-                        if sub.recovering and self.gaps.full(sub):
-                            await self.gaps.overflow(sub)
-                        kept = admit(sub, msg, receive_ts)
-                        if kept is None:
-                            continue
-                        msg = kept
-                    await publish(msg, receive_ts)
+                    if link.buffering:
+                        link.buffer.append((sub, msg, receive_ts))
+                        if len(link.buffer) > HANDOVER_BUFFER_LIMIT and not link.failure:
+                            link.failure = f"over {HANDOVER_BUFFER_LIMIT} events buffered"
+                            link.ready.set()
+                        continue
+                    if link.tail is not None and sub is not None:
+                        link.tail.saw(sub.name, msg)
+                        if link.tail.overflowing:
+                            link.tail = None  # a handover that long is abandoned
+                    await deliver(link, sub, msg, receive_ts)
                 else:
-                    self._control(msg)
-        raise _Reconnect("closed", f"code {ws.close_code} {ws.close_reason!r}")
+                    self._control(msg, link)
+            if link is self._active:
+                self._last_frame_ts = receive_ts
+            if link.stop_reading:
+                return  # the handover barrier: the successor takes over from here
+        raise _Reconnect("closed", f"code {link.ws.close_code} {link.ws.close_reason!r}")
+
+    async def _deliver(
+        self, link: _Link, sub: SubState | None, msg: MarketEvent, receive_ts: float
+    ) -> None:
+        if sub is not None:
+            if link.dedup is not None:
+                dedup = link.dedup.get(sub.name)
+                if dedup is not None and not dedup.keep(msg):
+                    self._metrics.duplicates.labels(EXCHANGE, sub.channel).inc()
+                    return
+            sub.last_event = time.monotonic()
+            if sub.recovering and self.gaps.full(sub):
+                await self.gaps.overflow(sub)
+            kept = self.gaps.admit(sub, msg, receive_ts)
+            if kept is None:
+                return
+            msg = kept
+        await self._publisher.publish(msg, receive_ts)
 
     def _invalid_frame(self, exc: ProtocolError) -> None:
         self._invalid += 1
@@ -292,9 +552,15 @@ class Connection:
                 frame,
             )
 
-    def _control(self, msg: object) -> None:
+    def _control(self, msg: object, link: _Link) -> None:
         if isinstance(msg, HeartbeatReply):
-            self._hb_sent = 0.0
+            link.hb_pending_since = 0.0
+            link.hb_replies += 1
+            if link.barrier and link.hb_replies >= link.barrier:
+                link.stop_reading = True
+            return
+        if link.buffering:
+            self._successor_control(msg, link)
         elif isinstance(msg, SubscriptionSucceeded):
             sub = self.subs.get(msg.channel)
             if sub is None:
@@ -304,12 +570,9 @@ class Connection:
                     msg.channel,
                 )
                 return
+            link.confirmed.add(sub.name)
             if not sub.confirmed:
-                sub.confirmed = True
-                sub.last_event = time.monotonic()
-                log.info("[conn %d %s] subscribed %s", self.index, self.connection_id, sub.name)
-                self._update_live_gauge()
-                self.gaps.live(sub)
+                self._confirmed(link, sub)
         elif isinstance(msg, UnsubscriptionSucceeded):
             sub = self.subs.get(msg.channel)
             if sub is not None:
@@ -318,20 +581,54 @@ class Connection:
             if self._drained is not None and not any(s.confirmed for s in self.subs.values()):
                 self._drained.set()
         elif isinstance(msg, ReconnectRequested):
-            raise _Reconnect("request_reconnect", "the exchange asked us to reconnect")
+            if not link.handover_reason:
+                log.warning(
+                    "[conn %d %s] the exchange asked us to reconnect: handing over "
+                    "make-before-break",
+                    self.index,
+                    link.cid,
+                )
+                link.handover_reason = "request_reconnect"
+                link.handover_wanted.set()
         elif isinstance(msg, ExchangeError):
-            self._metrics.exchange_errors.labels(EXCHANGE).inc()
-            log.error(
-                "[conn %d %s] bts:error on channel %r: code=%s message=%s",
-                self.index,
-                self.connection_id,
-                msg.channel,
-                msg.code,
-                msg.message,
+            self._exchange_error(msg, link)
+
+    def _successor_control(self, msg: object, link: _Link) -> None:
+        """Control messages of a successor that is not publishing yet."""
+        if isinstance(msg, SubscriptionSucceeded):
+            link.confirmed.add(msg.channel)
+            if link.required <= link.confirmed:
+                link.ready.set()
+        elif isinstance(msg, ExchangeError):
+            self._exchange_error(msg, link)
+            if msg.channel in link.required and not link.failure:
+                link.failure = f"bts:error on {msg.channel}: {msg.message}"
+                link.ready.set()
+        elif isinstance(msg, ReconnectRequested):
+            log.warning(
+                "[conn %d %s] reconnect requested on the new connection", self.index, link.cid
             )
-            sub = self.subs.get(msg.channel)
-            if sub is not None and not sub.confirmed:
-                self._reject(sub, time.monotonic(), f"bts:error {msg.message}")
+
+    def _confirmed(self, link: _Link, sub: SubState) -> None:
+        sub.confirmed = True
+        sub.last_event = time.monotonic()
+        log.info("[conn %d %s] subscribed %s", self.index, link.cid, sub.name)
+        self._update_live_gauge()
+        self.gaps.live(sub)
+
+    def _exchange_error(self, msg: ExchangeError, link: _Link) -> None:
+        self._metrics.exchange_errors.labels(EXCHANGE).inc()
+        log.error(
+            "[conn %d %s] bts:error on channel %r: code=%s message=%s",
+            self.index,
+            link.cid,
+            msg.channel,
+            msg.code,
+            msg.message,
+        )
+        sub = self.subs.get(msg.channel)
+        if sub is not None and not sub.confirmed and not link.buffering:
+            self._reject(sub, time.monotonic(), f"bts:error {msg.message}")
 
     def _reject(self, sub: SubState, now: float, why: str) -> None:
         sub.retry_at = now + self._settings.resubscribe_backoff_s
@@ -347,9 +644,12 @@ class Connection:
     def _update_live_gauge(self) -> None:
         self._metrics.subscriptions_live.labels(EXCHANGE).set(self.live)
 
-    async def _watch(self, ws: ClientConnection) -> None:
-        """Heartbeats, subscription confirmations and silence, once a second."""
+    # --- liveness ----------------------------------------------------------------------
+    async def _watch(self, link: _Link) -> None:
+        """Heartbeats, subscription confirmations, silence and the connection's age, once
+        a second."""
         s = self._settings
+        ws = link.ws
         next_hb = time.monotonic() + s.heartbeat_interval_s
         while True:
             await asyncio.sleep(min(1.0, s.heartbeat_interval_s))
@@ -359,17 +659,41 @@ class Connection:
             if self._publisher.saturated:
                 # The reader is paused by Kafka backpressure, so replies sit unread:
                 # that is no evidence of a dead connection.
-                self._hb_sent = 0.0
-            elif self._hb_sent and now - self._hb_sent > s.heartbeat_timeout_s:
+                link.hb_pending_since = 0.0
+            elif link.hb_pending_since and now - link.hb_pending_since > s.heartbeat_timeout_s:
                 raise _Reconnect(
                     "heartbeat_timeout",
                     f"no bts:heartbeat reply within {s.heartbeat_timeout_s:.0f}s (half-open?)",
                 )
             if now >= next_hb:
                 next_hb = now + s.heartbeat_interval_s
-                if not self._hb_sent:
-                    self._hb_sent = now
+                if not link.hb_pending_since:
+                    link.hb_pending_since = now
+                link.hb_sent += 1
                 await ws.send(HEARTBEAT_FRAME)
+            if (
+                not link.handover_reason
+                and s.connection_max_age_s
+                and now - link.opened > s.connection_max_age_s
+            ):
+                log.info(
+                    "[conn %d %s] connection is %.0fs old (limit %.0fs): rotating it "
+                    "make-before-break",
+                    self.index,
+                    link.cid,
+                    now - link.opened,
+                    s.connection_max_age_s,
+                )
+                link.handover_reason = "max_age"
+                link.handover_wanted.set()
+            elif (
+                link.handover_reason
+                and link.handover_retry_at
+                and now >= link.handover_retry_at
+                and link.tail is None
+            ):
+                link.handover_retry_at = 0.0
+                link.handover_wanted.set()
             stale = await self._check_subscriptions(ws, now)
             if stale:
                 raise _Reconnect(

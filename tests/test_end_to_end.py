@@ -295,10 +295,14 @@ async def test_bad_frames_are_counted_and_reconnect_requests_honoured(
             f'connector_frames_invalid_total{{exchange="bitstamp",reason="{reason}"}}' in metrics
         ), metrics
     assert (
-        'connector_reconnects_total{exchange="bitstamp",reason="request_reconnect"} 1.0' in metrics
-    )
+        'connector_handovers_total{exchange="bitstamp",outcome="switched",'
+        'reason="request_reconnect"} 1.0' in metrics
+    ), metrics
+    assert "connector_reconnects_total{" not in metrics  # make-before-break: no reconnect
     assert "invalid frame #1 skipped (invalid_json" in log
     assert "the exchange asked us to reconnect" in log
     records = [r for _, _, _, r in later.by_topic[topic]]
     assert len({r["connection_id"] for r in records}) == 2  # a new connection after the request
+    ids = [int(r["trade_id"]) for r in records]
+    assert ids == sorted(set(ids))  # the overlap of the two connections published once
     assert sim.subscribe_requests == 2  # resubscribed on the new connection

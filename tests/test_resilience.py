@@ -557,3 +557,141 @@ async def test_every_subscription_stale_after_resubscribing_reconnects(
     finally:
         await sim.stop()
     assert min(resubscribes) >= 1  # each was resubscribed before the reconnect
+
+
+async def test_make_before_break_publishes_the_overlap_once(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """bts:request_reconnect (the server closes the old connection 5 s later) and
+    proactive rotation by age: each switch overlaps two connections that receive the
+    same events; every event is in Kafka exactly once, in order, with no gap."""
+    # Heartbeat replies 0.2 s late: the old connection reads on that long after the
+    # successor's streams began, so every switch overlaps ~10 events per channel.
+    sim = Simulator(
+        markets=("btcusd",), rate=50, record=True, book_depth=10, heartbeat_reply_delay=0.2
+    )
+    await sim.start()
+    channels = ("live_trades", "live_orders", "order_book", "diff_order_book")
+    env = env_for(
+        broker,
+        sim,
+        topic_prefix,
+        ",".join(channels),
+        CONNECTOR_CONNECTION_MAX_AGE_S="4",
+    )
+    try:
+        async with connector_process(env, tmp_path) as conn:
+            switched = 'connector_handovers_total{exchange="bitstamp",outcome="switched"'
+            await wait_metric(conn, switched + ',reason="max_age"}', 1, within=30)
+            t0 = time.monotonic()
+            await sim.fault("request_reconnect", close_after=5)
+            await wait_metric(conn, switched + ',reason="request_reconnect"}', 1)
+            switch_s = time.monotonic() - t0
+            await wait_metric(conn, switched + ',reason="max_age"}', 2, within=30)
+            await asyncio.sleep(1)
+            dropped = sum(
+                [
+                    await metric(conn, f'connector_duplicates_dropped_total{{channel="{c}"')
+                    for c in channels
+                ]
+            )
+            metrics = await conn.metrics()
+            assert await conn.stop() == 0
+            log = conn.log()
+        consumed = await consume_until(broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=3)
+    finally:
+        await sim.stop()
+    assert "connector_reconnects_total{" not in metrics, "a switch fell back to a reconnect"
+    assert 'outcome="gap"' not in metrics and 'outcome="failed"' not in metrics
+    assert statuses_in(consumed, topic_prefix) == []  # no gap anywhere
+    overlapped = 0
+    table = {}
+    for channel in channels:
+        key = (channel, "btcusd")
+        sent = [int(f["data"]["microtimestamp"]) for f in sim.frames[key]]
+        records = [
+            r for _, _, _, r in consumed.by_topic[f"{topic_prefix}.bitstamp.{channel}.btcusd"]
+        ]
+        if channel == "diff_order_book":
+            assert [r["resync"] for r in records].count(True) == 1  # only the one at start
+            records = records[1:]
+            sent = sent[len(sent) - len(records) :]  # diffs before the snapshot are stale
+        got = [r["exchange_ts_us"] for r in records]
+        assert got == sent, f"{channel}: {len(got)} delivered, {len(sent)} sent"
+        assert len({r["connection_id"] for r in records}) >= 4  # three switches
+        both = sum(1 for to in sim.delivered_to[key] if len(to) > 1)
+        overlapped += both
+        table[channel] = (len(sent), len(got), both)
+    # Events the server sent the old connection after its barrier were never read
+    # there, so not every event the server sent twice needs dropping.
+    assert 0 < dropped <= overlapped
+    assert log.count("handover (") >= 3
+    print(
+        f"make-before-break x3 (request_reconnect + 2 rotations): sent/delivered/overlap "
+        f"{table}, 0 duplicates, 0 gaps, request_reconnect switched in {switch_s:.1f}s"
+    )
+
+
+async def test_a_failed_handover_keeps_the_old_connection_then_retries(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The second connection's handshake is refused (HTTP 503): the old connection stays
+    and keeps publishing, the handover is retried and switches before the server closes
+    the old one; no trade is lost or doubled, no gap."""
+    sim = Simulator(markets=("btcusd",), rate=20, record=True, heartbeat_reply_delay=0.1)
+    await sim.start()
+    env = env_for(broker, sim, topic_prefix, "live_trades")
+    try:
+        async with connector_process(env, tmp_path) as conn:
+            await wait_metric(conn, 'connector_events_published_total{channel="live_trades"', 20)
+            await sim.fault("refuse", status=503, count=1)
+            await sim.fault("request_reconnect", close_after=8)
+            handovers = 'connector_handovers_total{exchange="bitstamp",outcome='
+            await wait_metric(conn, handovers + '"switched",reason="request_reconnect"}', 1)
+            failed = await metric(conn, handovers + '"failed",reason="request_reconnect"}')
+            published = await metric(conn, 'connector_events_published_total{channel="live_trades"')
+            await wait_metric(
+                conn, 'connector_events_published_total{channel="live_trades"', published + 20
+            )
+            metrics = await conn.metrics()
+            assert await conn.stop() == 0
+        consumed = await consume_until(broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=3)
+    finally:
+        await sim.stop()
+    assert failed == 1 and sim.handshakes_refused == 1
+    assert "connector_reconnects_total{" not in metrics
+    live, backfilled = check_trades_complete(sim, trades_in(consumed, topic_prefix))
+    assert backfilled == 0 and statuses_in(consumed, topic_prefix) == []
+    print(f"handover refused once, retried: {live} trades, 0 missing, 0 duplicates, no gap")
+
+
+async def test_old_connection_closing_before_the_handover_is_a_recovered_gap(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """The server closes the old connection right after asking for the reconnect: no
+    overlap to switch over, so it is a gap (reconnect at once, trades backfilled)."""
+    sim = Simulator(markets=("btcusd",), rate=20, record=True, idle_trade_rate=20)
+    await sim.start()
+    env = env_for(broker, sim, topic_prefix, "live_trades")
+    try:
+        async with connector_process(env, tmp_path) as conn:
+            await wait_metric(conn, 'connector_events_published_total{channel="live_trades"', 20)
+            t0 = time.monotonic()
+            await sim.fault("request_reconnect", close_after=0.001)
+            await wait_metric(conn, 'connector_gaps_total{channel="live_trades"', 1)
+            recovery_s = time.monotonic() - t0
+            published = await metric(conn, 'connector_events_published_total{channel="live_trades"')
+            await wait_metric(
+                conn, 'connector_events_published_total{channel="live_trades"', published + 20
+            )
+            assert await conn.stop() == 0
+        consumed = await consume_until(broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=3)
+    finally:
+        await sim.stop()
+    live, backfilled = check_trades_complete(sim, trades_in(consumed, topic_prefix))
+    (status,) = statuses_in(consumed, topic_prefix)
+    assert (status["reason"], status["recovery"]) == ("request_reconnect", "BACKFILLED")
+    print(
+        f"closed right after request_reconnect: {live} live + {backfilled} backfilled trades, "
+        f"0 missing, 0 duplicates, gap closed in {recovery_s:.1f}s"
+    )
