@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TypeVar
 from wsgiref.simple_server import WSGIServer
 
@@ -155,6 +156,14 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
                     candidate.spooled_records(), trade_topics, trade_decoder, registry
                 )
                 checkpoints = latest(checkpoints, spooled)
+            if settings.create_topics:
+                candidate.topic_creator = partial(
+                    ensure_topics,
+                    bootstrap,
+                    partitions=settings.topic_partitions,
+                    replication_factor=settings.topic_replication_factor,
+                    security_protocol=settings.kafka_security_protocol,
+                )
             await candidate.start()
             return candidate
 

@@ -121,6 +121,11 @@ class Metrics:
             ("exchange",),
             registry=r,
         )
+        self.topics_recreated = Counter(
+            "connector_topics_recreated_total",
+            "Topics recreated after they disappeared from Kafka.",
+            registry=r,
+        )
         self.spooled = Counter(
             "connector_spooled_records_total",
             "Records written to the on-disk spool.",

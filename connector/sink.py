@@ -10,6 +10,9 @@ Design (after aiokafka's accumulator/sender split):
   (aiokafka keeps one batch per partition in flight, so per-partition order holds).
   Backoff between rounds is capped, jittered exponential.
 - A non-retriable failure (e.g. record too large) is counted and logged with its topic.
+- A topic that disappeared (``UnknownTopicOrPartition``: a broker restarted without
+  persistence, an operator deleted it) is recreated with the configured partitions and
+  replication (``topic_creator``, when topic creation is on) before the next retry round.
 - Every attempt is bounded in time: aiokafka expires a batch after request_timeout_ms
   (without idempotence); with idempotence aiokafka retries forever by design, and a
   watchdog logs and exposes records older than ``kafka_send_timeout_s``.
@@ -37,13 +40,13 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from connector.errors import ConfigError, DeliveryError
 from connector.metrics import Metrics, RouteMetrics
@@ -111,6 +114,10 @@ class KafkaSink:
         self._not_retrying = asyncio.Event()  # clear while in ordered-retry mode
         self._not_retrying.set()
         self._failures = 0
+        self._missing_topics: set[str] = set()
+        # Creates missing topics, returns the names created (set by the app when
+        # topic creation is on); used when a topic disappears.
+        self.topic_creator: Callable[[list[str]], Awaitable[list[str]]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self.delivered = 0
@@ -437,6 +444,8 @@ class KafkaSink:
             self._idle.set()
 
     def _failed(self, rec: _Record, exc: BaseException) -> None:
+        if isinstance(exc, UnknownTopicOrPartitionError):
+            self._missing_topics.add(rec.topic)
         if _retriable(exc) and not self._closing:
             self._failures += 1
             self._metrics.send_retries.labels(type(exc).__name__).inc()
@@ -471,11 +480,18 @@ class KafkaSink:
             cap = min(s.kafka_retry_backoff_max_s, 0.1 * 2**rounds)
             await asyncio.sleep(random.uniform(cap / 2, cap))
             await self._settled.wait()  # everything handed to aiokafka has an outcome
+            if self._missing_topics:
+                await self._recreate_topics()
             if self._retry:
                 failures_before = self._failures
                 batch = [heapq.heappop(self._retry) for _ in range(len(self._retry))]
                 resent += len(batch)
                 for rec in batch:
+                    if rec.topic in self._missing_topics:
+                        # Its topic failed earlier in this round: aiokafka would wait
+                        # request_timeout_ms on metadata again, per record.
+                        heapq.heappush(self._retry, rec)
+                        continue
                     await self._submit(rec)
                 await self._settled.wait()
                 rounds = rounds + 1 if self._failures > failures_before else 0
@@ -484,6 +500,32 @@ class KafkaSink:
                 self._retry_wanted.clear()
                 log.info("Kafka sends recovered after %d ordered resend(s)", resent)
                 rounds = resent = 0
+
+    async def _recreate_topics(self) -> None:
+        topics = sorted(self._missing_topics)
+        self._missing_topics.clear()
+        if self.topic_creator is None:
+            log.error(
+                "topic(s) %s unknown to Kafka and topic creation is off "
+                "(CONNECTOR_CREATE_TOPICS=false): retrying until they exist",
+                ", ".join(topics),
+            )
+            return
+        try:
+            created = await asyncio.wait_for(
+                self.topic_creator(topics), self._settings.kafka_request_timeout_ms / 1000
+            )
+        except (DeliveryError, TimeoutError) as exc:
+            log.error("cannot recreate topic(s) %s: %s; retrying", ", ".join(topics), exc)
+            self._missing_topics.update(topics)
+            return
+        if created:
+            self._metrics.topics_recreated.inc(len(created))
+            log.warning(
+                "topic(s) %s had disappeared (a broker restarted without persistence, or "
+                "deleted): recreated; records resend in order",
+                ", ".join(created),
+            )
 
     async def _save_watermarks(self) -> None:
         """Persists how far Kafka acknowledged the spool (bounds a crash's replay)."""

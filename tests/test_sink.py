@@ -277,3 +277,62 @@ async def test_write_ahead_sends_through_the_spool_and_a_kill_replays_only_the_u
     await again.close()
     values = await consume(broker.bootstrap, topic, 2001)
     assert values == [b"%05d" % i for i in range(2000)] + [b"after"]
+
+
+async def test_a_topic_that_disappeared_is_recreated_and_records_resent_in_order(
+    broker: Broker, topic_prefix: str
+) -> None:
+    """The topic is deleted mid-stream. A broker without auto-creation then answers
+    UnknownTopicOrPartition; the embedded broker recreates topics itself on produce, so
+    here the producer's first sends to the topic fail as they would on such a broker
+    (fault injection in the client, the broker is real). The sink recreates the topic
+    with the configured partitions and resends everything in order."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import UnknownTopicOrPartitionError
+
+    topic = f"{topic_prefix}.gone"
+    await ensure_topics(broker.bootstrap, [topic], 3, 1)
+    metrics = Metrics()
+    settings = _settings(broker.env(), kafka_retry_backoff_max_s=0.5, topic_partitions=3)
+    sink = KafkaSink(settings, broker.bootstrap, metrics)
+    created: list[list[str]] = []
+
+    async def creator(topics: list[str]) -> list[str]:
+        made = await ensure_topics(broker.bootstrap, topics, 3, 1)
+        created.append(made)
+        return made
+
+    sink.topic_creator = creator
+    await sink.start()
+    route = metrics.route("bitstamp", "live_trades", "btcusd")
+    for i in range(100):
+        await sink.send(topic, b"k", b"%04d" % i, [], route, 0.0)
+    assert await sink.flush(20)
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics([topic])
+        real_send = sink._producer.send
+        refusals = 5
+
+        async def send(t: str, *args: object, **kw: object) -> object:
+            nonlocal refusals
+            if t == topic and refusals:
+                refusals -= 1
+                raise UnknownTopicOrPartitionError()
+            return await real_send(t, *args, **kw)  # type: ignore[arg-type]
+
+        sink._producer.send = send  # type: ignore[method-assign]
+        for i in range(100, 200):
+            await sink.send(topic, b"k", b"%04d" % i, [], route, 0.0)
+        assert await sink.flush(30), f"{sink.pending} pending"
+        (desc,) = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    await sink.close()
+    values = await consume(broker.bootstrap, topic, 100)
+    assert created and created[0] == [topic]  # recreated by the sink, at the first retry
+    assert len(desc["partitions"]) == 3  # with the configured partitions
+    assert metrics.topics_recreated._value.get() >= 1
+    # the deleted topic's data is gone; what came after: once each, in order
+    assert values == [b"%04d" % i for i in range(100, 200)]
