@@ -5,8 +5,10 @@ On a 2-core machine the connector is pinned to core 1 and everything else (simul
 broker, consumer) to core 0, so "CPU per message" is the connector's alone. For each
 offered rate it reports the sustained delivered rate, connector CPU seconds per 1 000
 messages, messages per second per core, receive→ack latency percentiles from the
-connector's own histogram, RSS, and whether it kept up. Then a memory scenario: 250
-markets x 6 channels at a quiet rate, steady-state RSS. Results: bench/results.json.
+connector's own histogram, RSS, and whether it kept up. The same steps again with the
+write-ahead spool on (every record written to disk before it is sent: the cost of crash
+safety). Then a memory scenario: 250 markets x 6 channels at a quiet rate, steady-state
+RSS. Results: bench/results.json.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import platform
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -277,25 +280,36 @@ async def sim_sent(client: httpx.AsyncClient, port: int) -> int:
     return int(sum(stats.values()))
 
 
-async def throughput(args: argparse.Namespace, bootstrap: str, embedded: bool) -> list[Step]:
+async def throughput(
+    args: argparse.Namespace,
+    bootstrap: str,
+    embedded: bool,
+    rates: list[float],
+    extra: dict[str, str],
+    log_name: str = "connector.log",
+) -> list[Step]:
     markets = MARKETS
     subs = subscriptions(markets)
     weight = sum(MIX[c] for c, _ in subs)
     sim_port, http_port = free_port(), free_port()
-    sim = start_sim(sim_port, markets, args.rates[0] / weight, args.book_depth)
+    sim = start_sim(sim_port, markets, rates[0] / weight, args.book_depth)
     steps: list[Step] = []
     conn = None
-    counter = Counter(bootstrap, r"^bench\..*")
+    # Each scenario writes its own topics, so a counter never sees another's records.
+    prefix = extra.get("CONNECTOR_TOPIC_TEMPLATE", "bench.").split(".", 1)[0]
+    counter = Counter(bootstrap, rf"^{prefix}\..*")
     async with httpx.AsyncClient() as client:
         try:
             await wait_http(client, f"http://127.0.0.1:{sim_port}/_sim/stats")
             conn = launch_connector(
-                connector_env(bootstrap, embedded, sim_port, http_port, markets, args.env),
-                "connector.log",
+                connector_env(
+                    bootstrap, embedded, sim_port, http_port, markets, {**args.env, **extra}
+                ),
+                log_name,
             )
             await wait_http(client, f"http://127.0.0.1:{http_port}/metrics")
             await counter.start()
-            for rate in args.rates:
+            for rate in rates:
                 await client.get(
                     f"http://127.0.0.1:{sim_port}/_sim/rate", params={"value": rate / weight}
                 )
@@ -444,6 +458,11 @@ async def main() -> int:
     p.add_argument("--memory-seconds", type=int, default=40)
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument(
+        "--wal-rates",
+        default="2000,5000,10000",
+        help="rate steps of the write-ahead spool scenario (empty: skip it)",
+    )
+    p.add_argument(
         "--set",
         action="append",
         default=[],
@@ -453,6 +472,7 @@ async def main() -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = p.parse_args()
     args.rates = [float(r) for r in args.rates.split(",")]
+    args.wal_rates = [float(r) for r in args.wal_rates.split(",") if r]
     args.env = dict(item.split("=", 1) for item in args.set)
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
@@ -467,7 +487,23 @@ async def main() -> int:
             f"broker: {bootstrap} ({'embedded Tansu' if broker else 'external'}); "
             f"cores: {os.cpu_count()}; connector pinned to core 1"
         )
-        steps = await throughput(args, bootstrap, broker is not None)
+        steps = await throughput(args, bootstrap, broker is not None, args.rates, {})
+        wal: list[Step] = []
+        if args.wal_rates:
+            print("write-ahead spool (CONNECTOR_SPOOL_WRITE_AHEAD=true):", flush=True)
+            with tempfile.TemporaryDirectory(prefix="bench-spool-") as spool:
+                wal = await throughput(
+                    args,
+                    bootstrap,
+                    broker is not None,
+                    args.wal_rates,
+                    {
+                        "CONNECTOR_SPOOL_DIR": spool,
+                        "CONNECTOR_SPOOL_WRITE_AHEAD": "true",
+                        "CONNECTOR_TOPIC_TEMPLATE": "benchwal.{exchange}.{channel}.{market}",
+                    },
+                    "connector-wal.log",
+                )
         mem = None if args.skip_memory else await memory(args, bootstrap, broker is not None)
     finally:
         if broker:
@@ -485,11 +521,15 @@ async def main() -> int:
         "book_depth": args.book_depth,
         "settings": args.env,
         "steps": [asdict(s) for s in steps],
+        "write_ahead_steps": [asdict(s) for s in wal],
         "memory": mem,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print()
     print(table(steps))
+    if wal:
+        print("\nwith the write-ahead spool:")
+        print(table(wal))
     if mem:
         print(
             f"\nmemory: {mem['markets']} markets x 6 channels = {mem['subscriptions']} "

@@ -14,6 +14,9 @@ from connector.sink import KafkaSink
 log = logging.getLogger(__name__)
 
 
+DLQ_MAX_BYTES = 512 * 1024  # a dead-lettered frame keeps at most its first 512 KiB
+
+
 class Publisher:
     __slots__ = ("_metrics", "_router", "_sink")
 
@@ -71,7 +74,12 @@ class Publisher:
         """The raw frame, with headers saying why, to the exchange's dead-letter topic."""
         frame = error.frame
         value = frame.encode() if isinstance(frame, str) else bytes(frame)
+        size = len(value)
+        if size > DLQ_MAX_BYTES:  # Kafka's default record limit is 1 MiB
+            value = value[:DLQ_MAX_BYTES]
         headers = [
+            ("size", str(size).encode()),
+            ("truncated", b"true" if size > len(value) else b"false"),
             ("exchange", exchange.encode()),
             ("reason", error.reason.encode()),
             ("detail", error.detail.encode()[:1000]),

@@ -192,7 +192,9 @@ class Settings(BaseSettings):
     ws_max_size_bytes: int = Field(
         default=16 * 1024 * 1024,
         ge=64 * 1024,
-        description="Largest WebSocket frame accepted (order books can exceed 1 MiB).",
+        description="Largest WebSocket frame decoded (order books can exceed 1 MiB); a larger "
+        "one goes to the dead-letter topic, and one over 4x this closes the connection "
+        "(memory bound; a gap, recovered).",
     )
     ws_open_timeout_s: float = Field(
         default=10.0, gt=0, description="Deadline for the WebSocket handshake."

@@ -11,7 +11,8 @@ REST: ``/api/v2/trading-pairs-info/``, ``/api/v2/transactions/{market}/?time=min
 ``/_sim/rate?value=R`` and ``/_sim/fault?kind=...`` with the faults of ``fault()``:
 request_reconnect, drop (abrupt TCP abort), close (clean close), stall (half-open: the
 connection stays up, nothing is sent or answered), garbage (bad frames), chain_break
-(live_orders event ids jump), refuse (the next ``count`` handshakes get HTTP ``status``).
+(live_orders event ids jump), refuse (the next ``count`` handshakes get HTTP ``status``),
+oversized (one frame of ``size`` bytes).
 
 The market keeps trading while nobody listens: with ``idle_trade_rate`` the server makes
 trades (REST history only) for markets no live connection receives, for backfill tests.
@@ -241,10 +242,12 @@ class Simulator:
         count: int = 1,
         channel: str = "",
         close_after: float = 0.0,
+        size: int = 0,
     ) -> int:
         """Injects a fault into every current connection (or the next handshakes).
         ``request_reconnect`` with ``close_after``: the server also closes those
-        connections that many seconds later, as Bitstamp does before maintenance."""
+        connections that many seconds later, as Bitstamp does before maintenance.
+        ``oversized``: one well-formed frame of ``size`` bytes (a padded trade)."""
         if kind == "refuse":
             self.refuse.extend([status] * count)
             return count
@@ -278,6 +281,10 @@ class Simulator:
                     task.add_done_callback(self._background.discard)
             elif kind == "drop":
                 ws.transport.abort()
+            elif kind == "oversized":
+                head = '{"event":"trade","channel":"live_trades_btcusd","data":{"pad":"'
+                tail = '"}}'
+                await ws.send(head + "x" * max(0, size - len(head) - len(tail)) + tail)
             elif kind == "garbage":
                 await ws.send("{not json")
                 await ws.send(b"\x00\x01binary")
@@ -590,6 +597,7 @@ class Simulator:
                     count=int(query.get("count", ["1"])[0]),
                     channel=query.get("channel", [""])[0],
                     close_after=float(query.get("close_after", ["0"])[0]),
+                    size=int(query.get("size", ["0"])[0]),
                 )
             except ValueError as exc:
                 return _json({"status": "error", "reason": str(exc)}, HTTPStatus.BAD_REQUEST)

@@ -288,7 +288,26 @@ class KafkaSink:
             raise DeliveryError("sink is closed", retriable=False)
         self._routes_by_topic[topic] = route
         if self._write_ahead:
-            await self._to_spool(SpooledRecord(topic, key, value, tuple(headers), receive_ts))
+            srec = SpooledRecord(topic, key, value, tuple(headers), receive_ts)
+            pos = None
+            if not (self._spooling or self._slots.locked()):
+                try:
+                    # On disk first; sent from memory (no read-back) when nothing waits.
+                    pos = self._spool.append_handed(srec)  # type: ignore[union-attr]
+                except SpoolFull:
+                    pos = None
+                else:
+                    self.spooled += 1
+                    self._metrics.spooled.inc()
+                    if pos is None:  # older records wait on disk: this one behind them
+                        self._spooling = True
+                        self._replay_wanted.set()
+                        return
+            if pos is None:
+                await self._to_spool(srec)  # behind what waits on disk, via the replay
+                return
+            await self._slots.acquire()  # free: checked above, nothing ran since
+            await self._accept(topic, key, value, headers, route, receive_ts, spool_pos=pos)
             return
         if self._spool is None or not (self._spooling or self._slots.locked()):
             await self._slots.acquire()  # the common case: a slot is free

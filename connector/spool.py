@@ -168,6 +168,40 @@ class Spool:
         return any(s > self._read_seg and self._sizes[s] > 0 for s in self._segments)
 
     # --- writing -----------------------------------------------------------------------
+    def append_handed(self, rec: SpooledRecord) -> tuple[int, int] | None:
+        """Appends ``rec`` and, if nothing is unread before it, hands it out at once (as
+        ``read()`` would): its position, to ``ack()`` when Kafka has it. None: older
+        records are unread; ``rec`` waits behind them for ``read()``. (Write-ahead
+        mode: the record is on disk before it is sent, without reading it back.)"""
+        caught_up = self._reader_caught_up()
+        self.append(rec)
+        if not caught_up:
+            return None
+        self._reader_caught_up()  # steps onto a segment the append opened
+        seg = self._write_seg
+        start = self._read_off
+        end = self._sizes[seg]
+        self._read_off = end
+        self._unacked[seg] += 1
+        entry = [seg, start, end, 0]
+        self._handed.append(entry)
+        self._by_pos[(seg, start)] = entry
+        return seg, start
+
+    def _reader_caught_up(self) -> bool:
+        """True if every appended record was handed out; moves the read position past
+        finished segments on the way."""
+        while self._read_seg != self._write_seg:
+            size = self._sizes.get(self._read_seg)
+            if size is not None and self._read_off < size:
+                return False
+            if size is not None:
+                self._finish_read_segment()
+            else:
+                later = [n for n in self._segments if n > self._read_seg]
+                self._read_seg, self._read_off = (later[0] if later else self._write_seg), 0
+        return self._read_off >= self._sizes.get(self._write_seg, 0)
+
     def append(self, rec: SpooledRecord) -> None:
         payload = encode_record(rec)
         frame = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload

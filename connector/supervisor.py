@@ -26,10 +26,12 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
+from typing import NoReturn
 
 import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.frames import CloseCode
 
 from connector.bitstamp.decoder import BitstampDecoder
 from connector.bitstamp.gaps import Gaps, SubState
@@ -75,6 +77,12 @@ class _Reconnect(Exception):
 def backoff_delay(attempt: int, initial: float, cap: float) -> float:
     """Full-jitter exponential backoff: uniform(0, min(cap, initial·2^attempt))."""
     return random.uniform(0, min(cap, initial * 2 ** min(attempt, 32)))
+
+
+def _oversized(frame: str | bytes, max_size: int) -> NoReturn:
+    raise ProtocolError(
+        "oversized", f"{len(frame)}-byte frame over ws_max_size_bytes ({max_size})", frame
+    )
 
 
 HANDOVER_BUFFER_LIMIT = 200_000  # successor events buffered before the switch
@@ -162,7 +170,15 @@ class Connection:
                     status = exc.response.status_code
                     reason, immediate = f"http_{status}", False
                     log.warning("[conn %d] handshake rejected with HTTP %d", self.index, status)
-                except (OSError, InvalidHandshake, ConnectionClosed, TimeoutError) as exc:
+                except ConnectionClosed as exc:
+                    reason, immediate = type(exc).__name__, False
+                    if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
+                        reason = "frame_too_large"
+                        await self._too_big(exc)
+                    log.warning(
+                        "[conn %d %s] connection lost: %r", self.index, self.connection_id, exc
+                    )
+                except (OSError, InvalidHandshake, TimeoutError) as exc:
                     reason, immediate = type(exc).__name__, False
                     log.warning(
                         "[conn %d %s] connection to %s failed: %r",
@@ -203,6 +219,17 @@ class Connection:
         finally:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
+    async def _too_big(self, exc: ConnectionClosed) -> None:
+        """A frame over the hard limit closed the connection (websockets never hands it
+        over): counted, and a dead letter without payload saying so."""
+        detail = (
+            f"a frame over 4 x ws_max_size_bytes ({4 * self._settings.ws_max_size_bytes}) "
+            f"closed the connection: {exc}"
+        )
+        error = ProtocolError("oversized", detail, b"")
+        self._invalid_frame(error)
+        await self._publisher.dead_letter(EXCHANGE, error, self.connection_id, time.time())
+
     # --- one session: a chain of connections handed over make-before-break ------------
     async def _connect(self) -> _Link:
         s = self._settings
@@ -210,7 +237,7 @@ class Connection:
         self.connection_id = self.connection_id or cid
         ws = await websockets.connect(
             s.bitstamp_ws_url,
-            max_size=s.ws_max_size_bytes,
+            max_size=4 * s.ws_max_size_bytes,  # hard bound; larger frames: dead letters
             open_timeout=s.ws_open_timeout_s,
             close_timeout=5,
             compression=None,  # CPU over bandwidth; Bitstamp frames are small JSON
@@ -490,9 +517,12 @@ class Connection:
     async def _read(self, link: _Link) -> None:
         by_pair = self._by_pair
         deliver = self._deliver
+        max_size = self._settings.ws_max_size_bytes
         async for frame in link.ws:
             receive_ts = link.last_frame_ts = time.time()
             try:
+                if len(frame) > max_size:
+                    _oversized(frame, max_size)
                 messages = link.decoder.feed(frame, int(receive_ts * 1_000_000))
             except ProtocolError as exc:
                 self._invalid_frame(exc)

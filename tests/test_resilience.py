@@ -216,21 +216,34 @@ async def test_clean_close_and_chain_break_are_reported(
 async def test_bad_frames_go_to_the_dead_letter_topic(
     broker: Broker, topic_prefix: str, tmp_path: Path
 ) -> None:
-    sim = Simulator(markets=("btcusd",), rate=10)
+    """Invalid JSON, binary, unknown events, and oversized frames: raw bytes (the first
+    512 KiB) in the dead-letter topic with the reason, counted; the stream goes on. A
+    frame over the hard bound (4 x ws_max_size_bytes) closes the connection: a dead
+    letter saying so, a gap, trades backfilled."""
+    sim = Simulator(markets=("btcusd",), rate=10, record=True, idle_trade_rate=10)
     await sim.start()
-    env = env_for(broker, sim, topic_prefix, "live_trades")
+    env = env_for(
+        broker, sim, topic_prefix, "live_trades", CONNECTOR_WS_MAX_SIZE_BYTES=str(200_000)
+    )
+    published_metric = 'connector_events_published_total{channel="live_trades"'
     try:
         async with connector_process(env, tmp_path) as conn:
-            await wait_metric(conn, 'connector_events_published_total{channel="live_trades"', 5)
+            await wait_metric(conn, published_metric, 5)
             await sim.fault("garbage")
-            await wait_metric(conn, "connector_events_dead_lettered_total", 1)
-            published = await metric(conn, 'connector_events_published_total{channel="live_trades"')
+            await sim.fault("oversized", size=300_000)  # over the limit: dead letter
+            await wait_metric(conn, "connector_events_dead_lettered_total", 4)
+            await sim.fault("oversized", size=900_000)  # over 4x: the connection closes
             await wait_metric(
-                conn, 'connector_events_published_total{channel="live_trades"', published + 5
-            )  # the stream goes on
+                conn, 'connector_reconnects_total{exchange="bitstamp",reason="frame_too_large"}', 1
+            )
+            published = await metric(conn, published_metric)
+            await wait_metric(conn, published_metric, published + 5)  # the stream goes on
+            invalid = await conn.metrics()
             assert await conn.stop() == 0
+        consumed = await consume_until(broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=3)
     finally:
         await sim.stop()
+    assert 'connector_frames_invalid_total{exchange="bitstamp",reason="oversized"} 2.0' in invalid
     consumer = AIOKafkaConsumer(
         f"{topic_prefix}.bitstamp.dlq",
         bootstrap_servers=broker.bootstrap,
@@ -242,7 +255,9 @@ async def test_bad_frames_go_to_the_dead_letter_topic(
     finally:
         await consumer.stop()
     records = [m for msgs in batch.values() for m in msgs]
-    got = {(m.value, dict(m.headers)["reason"], dict(m.headers)["frame-type"]) for m in records}
+    heads = [dict(m.headers) for m in records]
+    got = {(m.value, h["reason"], h["frame-type"]) for m, h in zip(records, heads, strict=True)}
+    padded = b'{"event":"trade","channel":"live_trades_btcusd","data":{"pad":"'
     assert got == {
         (b"{not json", b"invalid_json", b"text"),
         (b"\x00\x01binary", b"invalid_json", b"binary"),
@@ -251,7 +266,16 @@ async def test_bad_frames_go_to_the_dead_letter_topic(
             b"unknown_event",
             b"text",
         ),
+        (padded + b"x" * (300_000 - len(padded) - 3) + b'"}}', b"oversized", b"text"),
+        (b"", b"oversized", b"binary"),  # never received whole: nothing to keep
     }
+    big = [h for h in heads if h["reason"] == b"oversized"]
+    assert sorted(h["size"] for h in big) == [b"0", b"300000"]
+    assert b"closed the connection" in max(big, key=lambda h: len(h["detail"]))["detail"]
+    live, backfilled = check_trades_complete(sim, trades_in(consumed, topic_prefix))
+    assert live > 0 and backfilled >= 0
+    (status,) = statuses_in(consumed, topic_prefix)
+    assert (status["reason"], status["recovery"]) == ("frame_too_large", "BACKFILLED")
 
 
 async def test_restart_loses_no_trade(broker: Broker, topic_prefix: str, tmp_path: Path) -> None:

@@ -67,6 +67,21 @@ class SpoolMachine(RuleBasedStateMachine):
             self.appended.append(self.next)
             self.next += 1
 
+    @rule(n=st.integers(1, 8), size=st.integers(0, 120))
+    def append_handed(self, n: int, size: int) -> None:
+        """Write-ahead: appended and handed out at once when nothing is unread."""
+        for _ in range(n):
+            i = self.next
+            pos = self.spool.append_handed(record(i, size))
+            self.appended.append(i)
+            self.next += 1
+            if pos is not None:
+                assert not self.spool.has_unread(), "handed out while older records wait"
+                self.ever_read.add(i)
+                self.session_reads.append(i)
+                self.outstanding.append((pos, i))
+                self.handed.append(i)
+
     @rule(limit=st.integers(1, 10))
     def read(self, limit: int) -> None:
         for pos, rec in self.spool.read(limit):
