@@ -31,7 +31,7 @@ from connector.checkpoints import from_spool, last_trades, latest
 from connector.embedded import EmbeddedBroker
 from connector.errors import ConfigError, DeliveryError
 from connector.metrics import Metrics
-from connector.pipeline import Publisher
+from connector.pipeline import Publisher, dlq_max_bytes
 from connector.registry import SchemaRegistryClient
 from connector.router import Router
 from connector.settings import Settings, redact_url
@@ -179,7 +179,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         if settings.http_port:
             http_server, _ = start_http_server(settings.http_port, registry=metrics.registry)
             log.info("metrics on :%d/metrics", settings.http_port)
-        publisher = Publisher(router, sink, metrics)
+        publisher = Publisher(
+            router, sink, metrics, dlq_max_bytes(settings.ws_max_size_bytes)
+        )
         supervisor = Supervisor(subs, settings, publisher, metrics, checkpoints)
         log.info(
             "running: %d subscription(s) over %d connection(s)",

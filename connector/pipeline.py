@@ -17,13 +17,26 @@ log = logging.getLogger(__name__)
 DLQ_MAX_BYTES = 512 * 1024  # a dead-lettered frame keeps at most its first 512 KiB
 
 
-class Publisher:
-    __slots__ = ("_metrics", "_router", "_sink")
+def dlq_max_bytes(ws_max_size_bytes: int) -> int:
+    """What a dead letter keeps of a frame: 512 KiB, less if records may not be that
+    large (the producer's request limit follows ws_max_size_bytes; 4 KiB for headers)."""
+    return min(DLQ_MAX_BYTES, ws_max_size_bytes - 4096)
 
-    def __init__(self, router: Router, sink: KafkaSink, metrics: Metrics) -> None:
+
+class Publisher:
+    __slots__ = ("_dlq_max_bytes", "_metrics", "_router", "_sink")
+
+    def __init__(
+        self,
+        router: Router,
+        sink: KafkaSink,
+        metrics: Metrics,
+        dlq_max_bytes: int = DLQ_MAX_BYTES,
+    ) -> None:
         self._router = router
         self._sink = sink
         self._metrics = metrics
+        self._dlq_max_bytes = dlq_max_bytes
 
     @property
     def saturated(self) -> bool:
@@ -75,8 +88,8 @@ class Publisher:
         frame = error.frame
         value = frame.encode() if isinstance(frame, str) else bytes(frame)
         size = len(value)
-        if size > DLQ_MAX_BYTES:  # Kafka's default record limit is 1 MiB
-            value = value[:DLQ_MAX_BYTES]
+        if size > self._dlq_max_bytes:  # Kafka's default record limit is 1 MiB
+            value = value[: self._dlq_max_bytes]
         headers = [
             ("size", str(size).encode()),
             ("truncated", b"true" if size > len(value) else b"false"),
