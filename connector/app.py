@@ -179,9 +179,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         if settings.http_port:
             http_server, _ = start_http_server(settings.http_port, registry=metrics.registry)
             log.info("metrics on :%d/metrics", settings.http_port)
-        publisher = Publisher(
-            router, sink, metrics, dlq_max_bytes(settings.ws_max_size_bytes)
-        )
+        publisher = Publisher(router, sink, metrics, dlq_max_bytes(settings.ws_max_size_bytes))
         supervisor = Supervisor(subs, settings, publisher, metrics, checkpoints)
         log.info(
             "running: %d subscription(s) over %d connection(s)",

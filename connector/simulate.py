@@ -46,6 +46,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from connector.bitstamp.protocol import split_channel
 
@@ -264,33 +265,39 @@ class Simulator:
             return len(self._gens)
         n = 0
         for ws in list(self.connections):
+            if ws.state is not State.OPEN:
+                continue  # closing already: faults go to live connections
+            try:
+                if kind == "stall":
+                    self._stalled.add(ws)
+                elif kind == "close":
+                    await ws.close()
+                elif kind == "request_reconnect":
+                    await ws.send(
+                        orjson.dumps(
+                            {"event": "bts:request_reconnect", "channel": "", "data": ""}
+                        ).decode()
+                    )
+                    if close_after > 0:
+                        task = asyncio.create_task(self._close_later(ws, close_after))
+                        self._background.add(task)
+                        task.add_done_callback(self._background.discard)
+                elif kind == "drop":
+                    ws.transport.abort()
+                elif kind == "oversized":
+                    head = '{"event":"trade","channel":"live_trades_btcusd","data":{"pad":"'
+                    tail = '"}}'
+                    await ws.send(head + "x" * max(0, size - len(head) - len(tail)) + tail)
+                elif kind == "garbage":
+                    await ws.send("{not json")
+                    await ws.send(b"\x00\x01binary")
+                    await ws.send('{"event":"mystery","channel":"live_trades_btcusd","data":{}}')
+                else:
+                    raise ValueError(f"unknown fault {kind!r}")
+
+            except ConnectionClosed:
+                continue
             n += 1
-            if kind == "stall":
-                self._stalled.add(ws)
-            elif kind == "close":
-                await ws.close()
-            elif kind == "request_reconnect":
-                await ws.send(
-                    orjson.dumps(
-                        {"event": "bts:request_reconnect", "channel": "", "data": ""}
-                    ).decode()
-                )
-                if close_after > 0:
-                    task = asyncio.create_task(self._close_later(ws, close_after))
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
-            elif kind == "drop":
-                ws.transport.abort()
-            elif kind == "oversized":
-                head = '{"event":"trade","channel":"live_trades_btcusd","data":{"pad":"'
-                tail = '"}}'
-                await ws.send(head + "x" * max(0, size - len(head) - len(tail)) + tail)
-            elif kind == "garbage":
-                await ws.send("{not json")
-                await ws.send(b"\x00\x01binary")
-                await ws.send('{"event":"mystery","channel":"live_trades_btcusd","data":{}}')
-            else:
-                raise ValueError(f"unknown fault {kind!r}")
         return n
 
     @staticmethod

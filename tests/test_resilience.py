@@ -109,7 +109,8 @@ async def test_dropped_connection_and_refused_handshakes_lose_no_trade(
     try:
         async with connector_process(env, tmp_path) as conn:
             await wait_metric(conn, 'connector_events_published_total{channel="live_trades"', 20)
-            await sim.fault("refuse", status=503, count=3)
+            await sim.fault("refuse", status=503, count=2)
+            await sim.fault("refuse", status=429, count=1)
             t_fault = time.monotonic()
             await sim.fault("drop")
             await wait_metric(conn, 'connector_gaps_total{channel="live_trades"', 1)
@@ -118,16 +119,16 @@ async def test_dropped_connection_and_refused_handshakes_lose_no_trade(
             await wait_metric(
                 conn, 'connector_events_published_total{channel="live_trades"', published + 20
             )
-            http_503 = await metric(
-                conn, 'connector_reconnects_total{exchange="bitstamp",reason="http_503"}'
-            )
+            refused = 'connector_reconnects_total{exchange="bitstamp",reason='
+            http_503 = await metric(conn, refused + '"http_503"}')
+            http_429 = await metric(conn, refused + '"http_429"}')
             assert await conn.stop() == 0
         consumed = await consume_until(broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=3)
     finally:
         await sim.stop()
     live, backfilled = check_trades_complete(sim, trades_in(consumed, topic_prefix))
     assert backfilled > 0 and live > 0
-    assert sim.handshakes_refused == 3 and http_503 == 3
+    assert sim.handshakes_refused == 3 and (http_503, http_429) == (2, 1)
     statuses = {s["channel"]: s for s in statuses_in(consumed, topic_prefix)}
     assert set(statuses) == {"live_trades", "diff_order_book", "live_orders"}
     gap = statuses["live_trades"]
@@ -142,8 +143,8 @@ async def test_dropped_connection_and_refused_handshakes_lose_no_trade(
     diffs = consumed.by_topic[f"{topic_prefix}.bitstamp.diff_order_book.btcusd"]
     assert sum(r["resync"] for _, _, _, r in diffs) == 2  # at start and after the gap
     print(
-        f"drop + 3x HTTP 503: {live} live + {backfilled} backfilled trades, 0 missing, "
-        f"0 duplicates, gap closed {recovery_s:.1f}s after the fault"
+        f"drop + 2x HTTP 503 + 1x HTTP 429: {live} live + {backfilled} backfilled trades, "
+        f"0 missing, 0 duplicates, gap closed {recovery_s:.1f}s after the fault"
     )
 
 
