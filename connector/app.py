@@ -13,12 +13,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import TypeVar
-from wsgiref.simple_server import WSGIServer
-
-from prometheus_client import start_http_server
 
 from connector.avro import AvroDecoder, load_schemas
 from connector.bitstamp.protocol import (
@@ -30,6 +28,8 @@ from connector.bitstamp.protocol import (
 from connector.checkpoints import from_spool, last_trades, latest
 from connector.embedded import EmbeddedBroker
 from connector.errors import ConfigError, DeliveryError
+from connector.http import Health, HttpServer
+from connector.kafka_security import client_options
 from connector.metrics import Metrics
 from connector.pipeline import Publisher, dlq_max_bytes
 from connector.registry import SchemaRegistryClient
@@ -74,8 +74,19 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
     broker: EmbeddedBroker | None = None
     registry: SchemaRegistryClient | None = None
     sink: KafkaSink | None = None
-    http_server: WSGIServer | None = None
+    metrics = Metrics()
+    health = Health(settings.stale_after_s)
+    http_server: HttpServer | None = None
     try:
+        if settings.http_port:
+            # First: probes answer (and say "starting") while Kafka is being reached.
+            http_server = HttpServer(settings.http_port, metrics, health)
+            try:
+                await http_server.start()
+            except OSError as exc:
+                raise ConfigError(
+                    f"CONNECTOR_HTTP_PORT {settings.http_port} cannot be served: {exc}"
+                ) from exc
         bootstrap = settings.kafka_bootstrap_servers
         if bootstrap is None:
             broker = EmbeddedBroker(settings.embedded_broker_port)
@@ -86,7 +97,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
                 bootstrap,
             )
         schemas = load_schemas(settings.schema_dir)
-        metrics = Metrics()
+        kafka_client = client_options(settings)  # TLS files are read (and checked) here
         if settings.schema_registry_url:
             registry = SchemaRegistryClient(settings.schema_registry_url)
             log.info(
@@ -124,7 +135,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
                     topics,
                     settings.topic_partitions,
                     settings.topic_replication_factor,
-                    security_protocol=settings.kafka_security_protocol,
+                    client=kafka_client,
                 ),
                 settings,
                 stop,
@@ -142,7 +153,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
                 trade_topics,
                 trade_decoder,
                 registry,
-                security_protocol=settings.kafka_security_protocol,
+                client=kafka_client,
             )
             if trade_topics
             else {}
@@ -162,7 +173,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
                     bootstrap,
                     partitions=settings.topic_partitions,
                     replication_factor=settings.topic_replication_factor,
-                    security_protocol=settings.kafka_security_protocol,
+                    client=kafka_client,
                 )
             await candidate.start()
             return candidate
@@ -176,11 +187,12 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
             settings.kafka_compression,
             "on" if settings.idempotence else "off",
         )
-        if settings.http_port:
-            http_server, _ = start_http_server(settings.http_port, registry=metrics.registry)
-            log.info("metrics on :%d/metrics", settings.http_port)
+        health.sink = sink
+        metrics.refresh_hooks.append(partial(_refresh_sink_gauges, metrics, sink))
         publisher = Publisher(router, sink, metrics, dlq_max_bytes(settings.ws_max_size_bytes))
         supervisor = Supervisor(subs, settings, publisher, metrics, checkpoints)
+        health.subscriptions = supervisor.subscriptions
+        metrics.refresh_hooks.append(partial(_refresh_sub_gauges, metrics, supervisor))
         log.info(
             "running: %d subscription(s) over %d connection(s)",
             len(subs),
@@ -190,9 +202,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         log.info("stopping: delivering %d record(s) still in flight", sink.pending)
         return 0
     finally:
-        if http_server is not None:
-            http_server.shutdown()
-            http_server.server_close()
+        health.stopping = True
         if sink is not None:
             undelivered = await sink.close()
             log.info(
@@ -205,3 +215,21 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
             await registry.close()
         if broker is not None:
             broker.stop()
+        if http_server is not None:
+            await http_server.stop()
+
+
+def _refresh_sink_gauges(metrics: Metrics, sink: KafkaSink) -> None:
+    metrics.in_flight.set(sink.pending)
+    metrics.buffer_fill.set(sink.fill_ratio)
+    spool = sink.spool_state()
+    if spool is not None:
+        metrics.spool_bytes.set(spool[0])
+        metrics.spool_records.set(spool[1])
+
+
+def _refresh_sub_gauges(metrics: Metrics, supervisor: Supervisor) -> None:
+    now = time.monotonic()
+    for sub in supervisor.subscriptions():
+        gauge = metrics.last_event_age.labels(EXCHANGE, sub.channel, sub.market)
+        gauge.set(now - sub.last_event if sub.confirmed else float("nan"))

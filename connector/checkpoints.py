@@ -13,6 +13,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -38,7 +39,7 @@ async def last_trades(
     registry: SchemaRegistryClient | None = None,
     *,
     timeout_s: float = 20.0,
-    security_protocol: str = "PLAINTEXT",
+    client: dict[str, Any] | None = None,
 ) -> dict[str, Checkpoint]:
     """``topics``: market → its live_trades topic. Returns market → last trade published.
     Unreadable state is logged and skipped (the connector then starts without a
@@ -47,7 +48,7 @@ async def last_trades(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
-        security_protocol=security_protocol,
+        **(client or {}),
     )
     out: dict[str, Checkpoint] = {}
     try:

@@ -6,6 +6,7 @@ is bounded by the configured exchanges, channels and markets.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,6 +182,34 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.produce_latency = Histogram(
+            "connector_kafka_produce_seconds",
+            "Time from handing a record to the producer to its acknowledgement (acks=all).",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.last_event_age = Gauge(
+            "connector_last_event_age_seconds",
+            "Seconds since each live subscription's last event (at scrape time).",
+            labels,
+            registry=r,
+        )
+        self.buffer_fill = Gauge(
+            "connector_kafka_buffer_fill_ratio",
+            "Records in flight over kafka_max_in_flight (1: reading is held back).",
+            registry=r,
+        )
+        self.spool_records = Gauge(
+            "connector_spool_records",
+            "Records in the on-disk spool not yet acknowledged by Kafka.",
+            registry=r,
+        )
+        # Called before each scrape: gauges that are cheaper to read than to keep.
+        self.refresh_hooks: list[Callable[[], None]] = []
+
+    def refresh(self) -> None:
+        for hook in self.refresh_hooks:
+            hook()
 
     def route(self, exchange: str, channel: str, market: str) -> RouteMetrics:
         return RouteMetrics(

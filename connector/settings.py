@@ -21,7 +21,14 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -142,7 +149,31 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Cap of the backoff between ordered retry rounds."
     )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
-        default="PLAINTEXT", description="Kafka security protocol."
+        default="PLAINTEXT",
+        description="Kafka security protocol: TLS with SSL/SASL_SSL, SASL with SASL_*.",
+    )
+    kafka_ssl_cafile: Path | None = Field(
+        default=None, description="CA bundle (PEM) to verify the brokers; unset: system CAs."
+    )
+    kafka_ssl_certfile: Path | None = Field(
+        default=None, description="Client certificate (PEM) for mutual TLS."
+    )
+    kafka_ssl_keyfile: Path | None = Field(
+        default=None, description="Private key (PEM) of the client certificate."
+    )
+    kafka_ssl_key_password: SecretStr | None = Field(
+        default=None, description="Password of the private key, if it has one (secret)."
+    )
+    kafka_ssl_check_hostname: bool = Field(
+        default=True, description="Verify that broker certificates match their host names."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="PLAIN", description="SASL mechanism (with SASL_PLAINTEXT/SASL_SSL)."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(
+        default=None,
+        description="SASL password (secret; or a file: CONNECTOR_KAFKA_SASL_PASSWORD_FILE).",
     )
     unsubscribe_timeout_s: float = Field(
         default=5.0,
@@ -394,6 +425,33 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _check_kafka_security(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        if protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"kafka_security_protocol {protocol} needs kafka_sasl_username "
+                "(CONNECTOR_KAFKA_SASL_USERNAME) and kafka_sasl_password "
+                "(CONNECTOR_KAFKA_SASL_PASSWORD)"
+            )
+        tls = (self.kafka_ssl_cafile, self.kafka_ssl_certfile, self.kafka_ssl_keyfile)
+        if any(tls) and not protocol.endswith("SSL"):
+            raise ValueError(
+                f"TLS files are set but kafka_security_protocol is {protocol}: use SSL or SASL_SSL"
+            )
+        if bool(self.kafka_ssl_certfile) != bool(self.kafka_ssl_keyfile):
+            raise ValueError(
+                "kafka_ssl_certfile (CONNECTOR_KAFKA_SSL_CERTFILE) and kafka_ssl_keyfile "
+                "(CONNECTOR_KAFKA_SSL_KEYFILE) go together"
+            )
+        for name in ("kafka_ssl_cafile", "kafka_ssl_certfile", "kafka_ssl_keyfile"):
+            path = getattr(self, name)
+            if path is not None and not path.is_file():
+                raise ValueError(f"{name} ({env_name(name)}): no file {path}")
+        return self
+
+    @model_validator(mode="after")
     def _check_write_ahead(self) -> Settings:
         if self.spool_write_ahead and self.spool_dir is None:
             raise ValueError(
@@ -485,6 +543,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             raise ConfigError(f"config file {config_file} must hold a mapping of settings")
         data.update(loaded)
     data.update(overrides)
+    data.update(_secret_files(data))
     source = "environment" + (f" and {config_file}" if config_file else "")
     try:
         settings = Settings(**data)
@@ -498,10 +557,30 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     return settings
 
 
+SECRET_FIELDS = ("kafka_sasl_password", "kafka_ssl_key_password", "schema_registry_url")
+
+
+def _secret_files(data: dict[str, Any]) -> dict[str, str]:
+    """Secrets may come from files (Kubernetes secret volumes, Docker secrets):
+    ``<ENV NAME>_FILE`` holds the path; the variable itself wins if both are set."""
+    out = {}
+    for name in SECRET_FIELDS:
+        env = env_name(name)
+        path = os.environ.get(env + "_FILE")
+        if not path or env in os.environ or name in data:
+            continue
+        try:
+            out[name] = Path(path).read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{env}_FILE: cannot read {path}: {exc}") from exc
+    return out
+
+
 def unknown_env_vars(environ: dict[str, str] | None = None) -> list[str]:
     """CONNECTOR_* variables that are no setting (likely typos); the caller warns."""
     environ = dict(os.environ) if environ is None else environ
     known = {n.upper() for n in known_env_names()}
+    known |= {env_name(n).upper() + "_FILE" for n in SECRET_FIELDS}
     return sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
 
 
@@ -514,6 +593,8 @@ def effective(settings: Settings) -> dict[str, Any]:
             value = str(value)
         if isinstance(value, str) and name.endswith("_url"):
             value = redact_url(value)
+        if isinstance(value, SecretStr):
+            value = "***"
         out[name] = value
     out["embedded_broker"] = settings.embedded
     out["idempotent_producer"] = settings.idempotence

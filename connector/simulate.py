@@ -259,6 +259,10 @@ class Simulator:
             self.muted.add(channel)
             self.hard_muted.add(channel)
             return 1
+        if kind == "unmute":  # the feed works again
+            self.muted.discard(channel)
+            self.hard_muted.discard(channel)
+            return 1
         if kind == "chain_break":
             for gen in self._gens.values():
                 gen.event_id += 5

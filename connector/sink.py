@@ -49,6 +49,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from connector.errors import ConfigError, DeliveryError
+from connector.kafka_security import client_options
 from connector.metrics import Metrics, RouteMetrics
 from connector.settings import Settings
 from connector.spool import Spool, SpooledRecord, SpoolFull
@@ -69,6 +70,7 @@ class _Record:
     receive_ts: float = field(compare=False)  # wall-clock seconds, for receive→ack latency
     first_sent: float = field(compare=False)  # monotonic
     attempts: int = field(compare=False, default=0)
+    sent_at: float = field(compare=False, default=0.0)  # monotonic, the latest attempt
     spool_pos: tuple[int, int] | None = field(compare=False, default=None)
 
 
@@ -98,7 +100,7 @@ class KafkaSink:
             max_batch_size=settings.kafka_max_batch_bytes,
             max_request_size=max(settings.kafka_max_batch_bytes, settings.ws_max_size_bytes),
             request_timeout_ms=settings.kafka_request_timeout_ms,
-            security_protocol=settings.kafka_security_protocol,
+            **client_options(settings),
         )
         self._slots = asyncio.Semaphore(settings.kafka_max_in_flight)
         self._pending = 0  # accepted, final outcome not yet known
@@ -114,6 +116,8 @@ class KafkaSink:
         self._not_retrying = asyncio.Event()  # clear while in ordered-retry mode
         self._not_retrying.set()
         self._failures = 0
+        self._retry_since = 0.0
+        self._last_error = ""
         self._missing_topics: set[str] = set()
         # Creates missing topics, returns the names created (set by the app when
         # topic creation is on); used when a topic disappears.
@@ -214,6 +218,10 @@ class KafkaSink:
             os.close(self._lock_fd)
             self._lock_fd = None
 
+    def spool_state(self) -> tuple[int, int] | None:
+        """(bytes, records) of the spool, None without one."""
+        return None if self._spool is None else (self._spool.bytes, self._spool.records)
+
     def spooled_records(self) -> Iterator[SpooledRecord]:
         """What an earlier run left in the spool, in order (before ``start``)."""
         return iter(()) if self._spool is None else self._spool.scan_unread()
@@ -264,6 +272,24 @@ class KafkaSink:
     @property
     def pending(self) -> int:
         return self._pending
+
+    @property
+    def kafka_problem(self) -> str | None:
+        """None while the producer is connected and Kafka takes records; else why not
+        (for /readyz)."""
+        if not self._tasks:
+            return "producer not started"
+        if self._closing:
+            return "producer closing"
+        if self._retrying:
+            since = time.monotonic() - self._retry_since
+            return f"Kafka not taking records for {since:.0f}s ({self._last_error})"
+        return None
+
+    @property
+    def fill_ratio(self) -> float:
+        """Records in flight over the limit (1.0: the reader is held back)."""
+        return self._pending / self._settings.kafka_max_in_flight
 
     @property
     def _retrying(self) -> bool:
@@ -428,6 +454,7 @@ class KafkaSink:
 
     async def _submit(self, rec: _Record) -> None:
         rec.attempts += 1
+        rec.sent_at = time.monotonic()
         try:
             fut = await self._producer.send(rec.topic, rec.value, key=rec.key, headers=rec.headers)
         except KafkaError as exc:
@@ -451,6 +478,7 @@ class KafkaSink:
                 self._metrics.replayed.inc()
             if rec.receive_ts:
                 self._metrics.ack_latency.observe(max(0.0, time.time() - rec.receive_ts))
+            self._metrics.produce_latency.observe(time.monotonic() - rec.sent_at)
             self._finish(rec)
             return
         self._failed(rec, exc)
@@ -469,7 +497,9 @@ class KafkaSink:
             self._failures += 1
             self._metrics.send_retries.labels(type(exc).__name__).inc()
             heapq.heappush(self._retry, rec)
+            self._last_error = type(exc).__name__
             if not self._retrying:
+                self._retry_since = time.monotonic()
                 self._not_retrying.clear()
                 log.warning(
                     "Kafka send to %s failed (%r); retrying in order, new records queue behind it",

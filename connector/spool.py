@@ -132,6 +132,7 @@ class Spool:
             self._write_seg = max(self._write_seg, self._saved_watermark[0] + 1)
             if not self._segments:
                 self._read_seg = self._write_seg
+        self.records = sum(1 for _ in self.scan_unread())  # not yet acknowledged
 
     def _resume_from_watermark(self) -> None:
         path = self.dir / _WATERMARK
@@ -215,6 +216,7 @@ class Spool:
         if self.fsync == "always":
             os.fsync(self._writer.fileno())
         self._sizes[self._write_seg] += len(frame)
+        self.records += 1
 
     def _roll(self) -> None:
         if self._writer is not None:
@@ -301,6 +303,7 @@ class Spool:
         if entry is None:
             return  # not handed out by this instance (or acked already)
         entry[3] = 1
+        self.records -= 1
         handed = self._handed
         while handed and handed[0][3]:
             first = handed.popleft()

@@ -820,6 +820,9 @@ class Supervisor:
                 if sub.channel == "live_trades" and cp is not None:
                     conn.gaps.restarted(sub, cp.trade_id, cp.exchange_ts_us)
 
+    def subscriptions(self) -> list[SubState]:
+        return [sub for conn in self.connections for sub in conn.subs.values()]
+
     async def run(self, stop: asyncio.Event) -> None:
         tasks = [
             asyncio.create_task(c.run(stop), name=f"connection-{c.index}") for c in self.connections

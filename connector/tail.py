@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError
 
 from connector.avro import AvroDecoder, load_schemas
 from connector.errors import ConfigError, SchemaError
+from connector.kafka_security import client_options
 from connector.registry import SchemaRegistryClient
 from connector.settings import Settings
 
@@ -54,7 +55,7 @@ async def tail(
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
         metadata_max_age_ms=5000,
-        security_protocol=settings.kafka_security_protocol,
+        **client_options(settings),
     )
     consumer.subscribe(pattern=pattern)
     printed = bad = 0

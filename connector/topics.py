@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
@@ -23,13 +24,13 @@ async def ensure_topics(
     replication_factor: int,
     *,
     timeout_s: float = 30.0,
-    security_protocol: str = "PLAINTEXT",
+    client: dict[str, Any] | None = None,
 ) -> list[str]:
     """Creates the topics that do not exist; returns the names created."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers,
         request_timeout_ms=int(timeout_s * 1000),
-        security_protocol=security_protocol,
+        **(client or {}),
     )
     try:
         await asyncio.wait_for(admin.start(), timeout_s)
