@@ -103,6 +103,7 @@ class HttpServer:
 
     async def _metrics_handler(self, _: web.Request) -> web.Response:
         self._metrics.refresh()
+        self._metrics.ready.set(1 if self._health.readiness()[0] else 0)
         body = generate_latest(self._metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

@@ -129,12 +129,12 @@ class Metrics:
         )
         self.spooled = Counter(
             "connector_spooled_records_total",
-            "Records written to the on-disk spool.",
+            "Records written to the on-disk spool (write-ahead mode: every record).",
             registry=r,
         )
         self.replayed = Counter(
             "connector_spool_replayed_records_total",
-            "Spooled records delivered to Kafka.",
+            "Spooled records delivered to Kafka (write-ahead mode: every record).",
             registry=r,
         )
         self.spool_dropped = Counter(
@@ -204,6 +204,11 @@ class Metrics:
             "Records in the on-disk spool not yet acknowledged by Kafka.",
             registry=r,
         )
+        self.ready = Gauge(
+            "connector_ready",
+            "1 when /readyz says ready (producer taking records, every subscription live).",
+            registry=r,
+        )
         # Called before each scrape: gauges that are cheaper to read than to keep.
         self.refresh_hooks: list[Callable[[], None]] = []
 
@@ -224,3 +229,21 @@ class RouteMetrics:
     received: Any
     published: Any
     labels: tuple[str, str, str]
+
+
+def metrics_markdown() -> str:
+    """The README's metrics table, generated from the registry (``make docs``)."""
+    rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
+    registry = Metrics().registry
+    seen = set()
+    for collector in registry._names_to_collectors.values():
+        if id(collector) in seen:
+            continue
+        seen.add(id(collector))
+        for family in collector.describe():
+            name = family.name + ("_total" if family.type == "counter" else "")
+            if family.type == "info":
+                name = family.name + "_info"
+            labels = ", ".join(getattr(collector, "_labelnames", ())) or "—"
+            rows.append(f"| `{name}` | {family.type} | {labels} | {family.documentation} |")
+    return "\n".join(rows) + "\n"
