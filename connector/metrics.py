@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.metrics import MetricWrapperBase
 
 from connector import __version__
 
@@ -234,12 +235,9 @@ class RouteMetrics:
 def metrics_markdown() -> str:
     """The README's metrics table, generated from the registry (``make docs``)."""
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
-    registry = Metrics().registry
-    seen = set()
-    for collector in registry._names_to_collectors.values():
-        if id(collector) in seen:
+    for collector in vars(Metrics()).values():
+        if not isinstance(collector, MetricWrapperBase):
             continue
-        seen.add(id(collector))
         for family in collector.describe():
             name = family.name + ("_total" if family.type == "counter" else "")
             if family.type == "info":
