@@ -114,7 +114,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
             status_template=settings.status_topic_template,
             dlq_template=settings.dlq_topic_template,
         )
-        subs, skipped = plan_subscriptions(settings.markets, settings.channels)
+        subs, skipped = plan_subscriptions(
+            settings.markets, settings.channels, settings.private_channels
+        )
         if skipped:
             log.info(
                 "not subscribing %s: Bitstamp sends funding_rate for perpetual markets only",

@@ -181,6 +181,29 @@ class FundingRate(MarketEvent):
         return r
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivateEvent(MarketEvent):
+    """An event of a private (account) channel; its channel's schema is one of the
+    connector.Private* records, which share this shape."""
+
+    SCHEMA: ClassVar[str] = "connector.PrivateOrder"
+
+    event: str
+    entity_id: str | None = None
+    side: Side | None = None
+    price: str | None = None
+    amount: str | None = None
+
+    def to_record(self) -> dict[str, Any]:
+        r = self._common()
+        r["event"] = self.event
+        r["entity_id"] = self.entity_id
+        r["side"] = None if self.side is None else self.side.value
+        r["price"] = self.price
+        r["amount"] = self.amount
+        return r
+
+
 class StatusKind(StrEnum):
     GAP = "GAP"
     SEQUENCE_BREAK = "SEQUENCE_BREAK"

@@ -160,6 +160,12 @@ class Metrics:
             ("exchange",),
             registry=r,
         )
+        self.auth_failures = Counter(
+            "connector_auth_failures_total",
+            "Private channel tokens that could not be obtained (wrong key, wrong user id).",
+            ("exchange",),
+            registry=r,
+        )
         self.reconnects = Counter(
             "connector_reconnects_total",
             "Exchange reconnects, by reason.",

@@ -37,6 +37,7 @@ from pydantic_settings import (
 )
 
 from connector.bitstamp.protocol import CHANNELS as BITSTAMP_CHANNELS
+from connector.bitstamp.protocol import PRIVATE_CHANNELS
 from connector.errors import ConfigError
 
 ENV_PREFIX = "CONNECTOR_"
@@ -82,6 +83,29 @@ class Settings(BaseSettings):
         default=list(BITSTAMP_CHANNELS),
         validation_alias=_alias("CONNECTOR_CHANNELS", "channels"),
         description="Bitstamp public channels (comma list).",
+    )
+    private_channels: CommaList = Field(
+        default=[],
+        description="Bitstamp private channels (comma list of my_orders, my_trades, "
+        "live_trades, my_settlements, my_liquidations); need bitstamp_api_key, "
+        "bitstamp_api_secret and bitstamp_user_id.",
+    )
+    bitstamp_api_key: SecretStr | None = Field(
+        default=None,
+        validation_alias=_alias("BITSTAMP_API_KEY", "bitstamp_api_key"),
+        description="Bitstamp API key for private channels (secret; or BITSTAMP_API_KEY_FILE).",
+    )
+    bitstamp_api_secret: SecretStr | None = Field(
+        default=None,
+        validation_alias=_alias("BITSTAMP_API_SECRET", "bitstamp_api_secret"),
+        description="Bitstamp API secret (secret; or BITSTAMP_API_SECRET_FILE).",
+    )
+    bitstamp_user_id: int | None = Field(
+        default=None,
+        ge=1,
+        validation_alias=_alias("BITSTAMP_USER_ID", "bitstamp_user_id"),
+        description="Bitstamp customer id: private channel names end with it (checked "
+        "against the id the token endpoint returns).",
     )
 
     # --- Kafka ---------------------------------------------------------------------
@@ -287,7 +311,7 @@ class Settings(BaseSettings):
     )
     schema_dir: Path | None = Field(default=None, description="Avro schemas; default schemas/.")
 
-    @field_validator("exchanges", "markets", "channels", mode="before")
+    @field_validator("exchanges", "markets", "channels", "private_channels", mode="before")
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -358,6 +382,18 @@ class Settings(BaseSettings):
             )
         if len(set(value)) != len(value):
             raise ValueError(f"duplicate channels in {value}")
+        return value
+
+    @field_validator("private_channels")
+    @classmethod
+    def _check_private(cls, value: list[str]) -> list[str]:
+        bad = [c for c in value if c not in PRIVATE_CHANNELS]
+        if bad:
+            raise ValueError(
+                f"unknown private channel(s) {bad}; Bitstamp's are {', '.join(PRIVATE_CHANNELS)}"
+            )
+        if len(set(value)) != len(value):
+            raise ValueError(f"duplicate private channels in {value}")
         return value
 
     @field_validator("bitstamp_ws_url")
@@ -449,6 +485,17 @@ class Settings(BaseSettings):
             path = getattr(self, name)
             if path is not None and not path.is_file():
                 raise ValueError(f"{name} ({env_name(name)}): no file {path}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_private_credentials(self) -> Settings:
+        if self.private_channels and not (
+            self.bitstamp_api_key and self.bitstamp_api_secret and self.bitstamp_user_id
+        ):
+            raise ValueError(
+                "private_channels (CONNECTOR_PRIVATE_CHANNELS) need BITSTAMP_API_KEY, "
+                "BITSTAMP_API_SECRET and BITSTAMP_USER_ID"
+            )
         return self
 
     @model_validator(mode="after")
@@ -557,7 +604,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     return settings
 
 
-SECRET_FIELDS = ("kafka_sasl_password", "kafka_ssl_key_password", "schema_registry_url")
+SECRET_FIELDS = (
+    "kafka_sasl_password",
+    "kafka_ssl_key_password",
+    "schema_registry_url",
+    "bitstamp_api_key",
+    "bitstamp_api_secret",
+)
 
 
 def _secret_files(data: dict[str, Any]) -> dict[str, str]:

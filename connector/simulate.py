@@ -30,9 +30,12 @@ Data is deterministic for a given seed: each market has its own generator.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import random
 import re
+import secrets
 import time
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
@@ -42,13 +45,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
+from aiohttp import web
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from connector.bitstamp.protocol import split_channel
+from connector.bitstamp.protocol import ACCOUNT, channel_name, split_channel
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +148,8 @@ class Simulator:
         rate_weights: dict[str, float] | None = None,
         idle_trade_rate: float = 0.0,
         heartbeat_reply_delay: float = 0.0,
+        api_keys: dict[str, tuple[str, int]] | None = None,
+        rest_port: int = 0,
     ) -> None:
         self.host = host
         self.port = port
@@ -179,6 +185,14 @@ class Simulator:
         self._broadcast_task: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.subscribe_requests = 0
+        # Private channels: API key → (secret, user id); tokens → (user id, expiry).
+        self.api_keys: dict[str, tuple[str, int]] = dict(api_keys or {})
+        self._tokens: dict[str, tuple[int, float]] = {}
+        self._nonces: set[str] = set()
+        self.token_requests = 0
+        self.private_refused = 0
+        self.rest_port = rest_port
+        self._rest_runner: web.AppRunner | None = None
         self._gens: dict[str, _Gen] = {}
         self._server: Server | None = None
 
@@ -194,6 +208,13 @@ class Simulator:
         )
         sock = next(iter(self._server.sockets))
         self.port = sock.getsockname()[1]
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self._rest_http)
+        self._rest_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._rest_runner.setup()
+        site = web.TCPSite(self._rest_runner, self.host, self.rest_port)
+        await site.start()
+        self.rest_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         if self.idle_trade_rate > 0:
             self._idle_task = asyncio.create_task(self._idle_trades())
         self._broadcast_task = asyncio.create_task(self._broadcast())
@@ -211,7 +232,7 @@ class Simulator:
 
     @property
     def rest_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{self.host}:{self.rest_port}"
 
     async def stop(self) -> None:
         for task in (self._idle_task, self._broadcast_task):
@@ -221,6 +242,8 @@ class Simulator:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+        if self._rest_runner is not None:
+            await self._rest_runner.cleanup()
 
     async def serve_forever(self, stop: asyncio.Event) -> None:
         await self.start()
@@ -425,7 +448,77 @@ class Simulator:
                 "next_funding_time": str((now_us // 3_600_000_000 + 1) * 3_600_000),
             }
             return {"data": data, "channel": name, "event": "funding_rate"}
+        if channel.startswith("private_"):
+            return self._private_event(channel, market, g, now_us)
         raise ValueError(channel)
+
+    def _private_event(self, channel: str, market: str, g: _Gen, now_us: int) -> dict[str, Any]:
+        """An account event for the (first) API key's user, Bitstamp's field names."""
+        user_id = next(iter(self.api_keys.values()))[1] if self.api_keys else 0
+        name = channel_name(channel, market, user_id)
+        price, amount = g.price(), g.amount()
+        g.order_id += 1
+        if channel == "private_my_orders":
+            event = ("order_created", "order_changed", "order_deleted")[g.order_id % 3]
+            data: dict[str, Any] = {
+                "id": g.order_id,
+                "id_str": str(g.order_id),
+                "client_order_id": f"c{g.order_id}",
+                "amount": float(amount),
+                "amount_str": amount,
+                "price": float(price),
+                "price_str": price,
+                "order_type": g.order_id % 2,
+                "order_subtype": 0,
+                "datetime": str(now_us // 1_000_000),
+                "microtimestamp": str(now_us),
+                "amount_traded": "0",
+                "amount_at_create": amount,
+                "trade_account_id": 0,
+            }
+        elif channel == "private_my_trades":
+            event = "trade"
+            data = {
+                "id": g.order_id,
+                "id_str": str(g.order_id),
+                "order_id": g.order_id - 1,
+                "client_order_id": "",
+                "amount": amount,
+                "price": price,
+                "fee": "0.00010000",
+                "side": ("buy", "sell")[g.order_id % 2],
+                "microtimestamp": str(now_us),
+                "trade_account_id": 0,
+            }
+        elif channel == "private_live_trades":
+            event = "self_trade"
+            data = {
+                "buy_order_id": g.order_id,
+                "sell_order_id": g.order_id + 1,
+                "amount": float(amount),
+                "amount_str": amount,
+                "price": float(price),
+                "price_str": price,
+                "type": g.order_id % 2,
+                "timestamp": str(now_us // 1_000_000),
+                "microtimestamp": str(now_us),
+            }
+        elif channel == "private_my_settlements":
+            event = "settlement"
+            data = {"id": g.order_id, "ts": now_us // 1_000_000, "price": price, "ccy": "USD"}
+            data["as"] = amount
+        else:
+            event = "im_breach_warning"
+            data = {
+                "position_id": str(g.order_id),
+                "trade_account_id": 0,
+                "microtimestamp": str(now_us),
+                "alert_type": event,
+                "margin_mode": "CROSS",
+                "initial_margin_ratio": "0.1",
+                "maintenance_margin_ratio": "0.05",
+            }
+        return {"data": data, "channel": name, "event": event}
 
     async def _idle_trades(self) -> None:
         """Trades that happen while no connection receives a market's live_trades."""
@@ -504,6 +597,17 @@ class Simulator:
                 if where[1] in self.reject_markets:
                     await ws.send(error("Bad subscription string."))
                     return
+                if channel.startswith("private-"):
+                    token = data.get("auth") if isinstance(data, dict) else None
+                    owner = self._tokens.get(token) if isinstance(token, str) else None
+                    if (
+                        owner is None
+                        or owner[1] < time.monotonic()
+                        or not channel.endswith(f"-{owner[0]}")
+                    ):
+                        self.private_refused += 1
+                        await ws.send(error("Invalid private channel auth."))
+                        return
                 subs[channel] = where
                 self._subscribers[channel][ws] = None
                 if where[0] == "live_trades":
@@ -538,7 +642,7 @@ class Simulator:
                     where is None
                     or not live
                     or name in self.muted
-                    or where[1] not in self.markets  # acknowledged, then silent
+                    or (where[1] not in self.markets and where[1] != ACCOUNT)  # then silent
                     or (where[0] == "funding_rate" and not where[1].endswith("-perp"))
                 ):
                     # Nobody receives it: the schedule starts afresh for the next one.
@@ -575,30 +679,51 @@ class Simulator:
 
     # --- REST ------------------------------------------------------------------------
     async def _rest(self, conn: ServerConnection, request: Request) -> Response | None:
+        """GET routes on the WebSocket port (the REST port serves them too)."""
         if request.headers.get("Upgrade", "").lower() == "websocket":
             if self.refuse:
                 status = HTTPStatus(self.refuse.pop(0))
                 self.handshakes_refused += 1
                 return _json({"status": "error", "reason": status.phrase}, status)
             return None
-        url = urlsplit(request.path)
+        status, body = await self._route("GET", request.path, dict(request.headers), b"")
+        return _json(body, status)
+
+    async def _rest_http(self, request: web.Request) -> web.Response:
+        """The REST port (aiohttp): every route, POST included."""
+        status, body = await self._route(
+            request.method, request.path_qs, dict(request.headers), await request.read()
+        )
+        return web.Response(
+            body=orjson.dumps(body), status=status.value, content_type="application/json"
+        )
+
+    async def _route(
+        self, method: str, target: str, headers: dict[str, str], payload: bytes
+    ) -> tuple[HTTPStatus, Any]:
+        url = urlsplit(target)
         query = parse_qs(url.query)
         path = url.path
+        if path == "/api/v2/websockets_token/" and method == "POST":
+            return self._token(headers, url.query, payload)
+        if method != "GET":
+            return HTTPStatus.METHOD_NOT_ALLOWED, {"status": "error", "reason": "Method"}
         if path.rstrip("/") == "/api/v2/trading-pairs-info":
             body: Any = [
                 {"name": m.upper(), "url_symbol": m, "trading": "Enabled"} for m in self.markets
             ]
-            return _json(body)
+            return HTTPStatus.OK, body
         if path == "/_sim/stats":
-            return _json({f"{c}_{m}": n for (c, m), n in self.sent.items()})
+            return HTTPStatus.OK, {f"{c}_{m}": n for (c, m), n in self.sent.items()}
         if path == "/_sim/rate":
             try:
                 self.set_rate(float(query.get("value", [""])[0]))
             except ValueError:
-                return _json(
-                    {"status": "error", "reason": "value must be a number"}, HTTPStatus.BAD_REQUEST
-                )
-            return _json({"status": "ok", "rate": self.rate})
+                return HTTPStatus.BAD_REQUEST, {
+                    "status": "error",
+                    "reason": "value must be a number",
+                }
+            return HTTPStatus.OK, {"status": "ok", "rate": self.rate}
         if path == "/_sim/fault":
             kind = query.get("kind", [""])[0]
             try:
@@ -611,33 +736,78 @@ class Simulator:
                     size=int(query.get("size", ["0"])[0]),
                 )
             except ValueError as exc:
-                return _json({"status": "error", "reason": str(exc)}, HTTPStatus.BAD_REQUEST)
-            return _json({"status": "ok", "connections": n})
+                return HTTPStatus.BAD_REQUEST, {"status": "error", "reason": str(exc)}
+            return HTTPStatus.OK, {"status": "ok", "connections": n}
         m = _REST_TRADES.match(path) or _REST_BOOK.match(path)
         if m is None or m.group(1) not in self.markets:
-            return _json(
-                {"status": "error", "reason": "Not found", "code": "404.001"}, HTTPStatus.NOT_FOUND
-            )
+            return HTTPStatus.NOT_FOUND, {
+                "status": "error",
+                "reason": "Not found",
+                "code": "404.001",
+            }
         gen = self._gen(m.group(1))
         if path.startswith("/api/v2/transactions/"):
             span = {"minute": 60, "hour": 3600, "day": 86400}.get(query.get("time", ["hour"])[0])
             if span is None:
-                return _json(
-                    {"status": "error", "reason": "Invalid time", "code": "400.002"},
-                    HTTPStatus.BAD_REQUEST,
-                )
+                return HTTPStatus.BAD_REQUEST, {
+                    "status": "error",
+                    "reason": "Invalid time",
+                    "code": "400.002",
+                }
             since = int(time.time()) - span
-            return _json([t for t in reversed(gen.trades) if int(t["date"]) >= since])
+            return HTTPStatus.OK, [t for t in reversed(gen.trades) if int(t["date"]) >= since]
         now_us = time.time_ns() // 1000
-        return _json(
-            {
-                "timestamp": str(now_us // 10**6),
-                "microtimestamp": str(now_us),
-                "bids": gen.levels(0, self.book_depth, False),
-                "asks": gen.levels(1, self.book_depth, False),
-            }
-        )
+        return HTTPStatus.OK, {
+            "timestamp": str(now_us // 10**6),
+            "microtimestamp": str(now_us),
+            "bids": gen.levels(0, self.book_depth, False),
+            "asks": gen.levels(1, self.book_depth, False),
+        }
 
+    def _token(
+        self, headers: dict[str, str], query: str, payload: bytes
+    ) -> tuple[HTTPStatus, Any]:
+        """POST /api/v2/websockets_token/ with Bitstamp's v2 authentication: the HMAC-
+        SHA256 of the request (key, method, host, path, query, content type if a body,
+        nonce, timestamp, version, body) under the API secret."""
+        self.token_requests += 1
+        h = {k.lower(): v for k, v in headers.items()}
+
+        def refuse(reason: str, code: str) -> tuple[HTTPStatus, Any]:
+            return HTTPStatus.FORBIDDEN, {"status": "error", "reason": reason, "code": code}
+
+        auth = h.get("x-auth", "")
+        key = auth.removeprefix("BITSTAMP ") if auth.startswith("BITSTAMP ") else ""
+        if key not in self.api_keys:
+            return refuse("API key not found", "API0001")
+        secret, user_id = self.api_keys[key]
+        nonce, stamp = h.get("x-auth-nonce", ""), h.get("x-auth-timestamp", "")
+        if h.get("x-auth-version") != "v2" or not nonce or not stamp.isdigit():
+            return refuse("Missing authentication headers", "API0002")
+        if abs(int(stamp) - time.time() * 1000) > 150_000:
+            return refuse("Timestamp too old", "API0017")
+        if nonce in self._nonces:
+            return refuse("Nonce already used", "API0004")
+        body = payload.decode()
+        parts = [
+            "BITSTAMP " + key,
+            "POST",
+            h.get("host", ""),
+            "/api/v2/websockets_token/",
+            query,
+            h.get("content-type", "") if body else "",
+            nonce,
+            stamp,
+            "v2",
+            body,
+        ]
+        expected = hmac.new(secret.encode(), "".join(parts).encode(), hashlib.sha256)
+        if not hmac.compare_digest(expected.hexdigest(), h.get("x-auth-signature", "").lower()):
+            return refuse("Invalid signature", "API0005")
+        self._nonces.add(nonce)
+        token = secrets.token_hex(16)
+        self._tokens[token] = (user_id, time.monotonic() + 60)
+        return HTTPStatus.OK, {"token": token, "user_id": user_id, "valid_sec": 60}
 
 def _json(body: Any, status: HTTPStatus = HTTPStatus.OK) -> Response:
     payload = orjson.dumps(body)

@@ -40,13 +40,14 @@ from connector.bitstamp.protocol import (
     HEARTBEAT_FRAME,
     MAX_CHANNELS_PER_CONNECTION,
     channel_name,
+    is_private,
     subscribe_frame,
     unsubscribe_frame,
 )
 from connector.bitstamp.recovery import RecentTrades
 from connector.bitstamp.rest import BitstampRest
 from connector.checkpoints import Checkpoint
-from connector.errors import ConfigError, ProtocolError
+from connector.errors import ConfigError, ProtocolError, RestError
 from connector.events import (
     ExchangeError,
     HeartbeatReply,
@@ -129,13 +130,18 @@ class Connection:
         publisher: Publisher,
         metrics: Metrics,
         gaps: Gaps,
+        rest: BitstampRest | None = None,
     ) -> None:
         self.index = index
         self.gaps = gaps
         self._settings = settings
         self._publisher = publisher
         self._metrics = metrics
-        self.subs = {channel_name(c, m): SubState(c, m, channel_name(c, m)) for c, m in subs}
+        self._rest = rest
+        uid = settings.bitstamp_user_id
+        self.subs = {
+            channel_name(c, m, uid): SubState(c, m, channel_name(c, m, uid)) for c, m in subs
+        }
         self._by_pair = {(s.channel, s.market): s for s in self.subs.values()}
         self._last_frame_ts = 0.0
         self._drained: asyncio.Event | None = None  # set while draining at shutdown
@@ -264,9 +270,7 @@ class Connection:
             self._settings.bitstamp_ws_url,
         )
         try:
-            now = time.monotonic()
-            for sub in self.subs.values():
-                await self._subscribe(link.ws, sub, now)
+            await self._subscribe_all(link.ws, list(self.subs.values()), time.monotonic())
             log.info(
                 "[conn %d %s] subscribing to %d channel(s)",
                 self.index,
@@ -386,8 +390,12 @@ class Connection:
             )
             new.reader = asyncio.create_task(self._read(new), name=f"read-{self.index}-next")
             new.reader.add_done_callback(lambda _: new.ready.set())
-            for sub in self.subs.values():
-                await new.ws.send(subscribe_frame(sub.name))
+            frames, failed, error = await self._subscribe_frames(list(self.subs.values()))
+            for _, frame in frames:
+                await new.ws.send(frame)
+            if any(sub.name in new.required for sub in failed):
+                new.failure = f"private channels not subscribed: {error}"
+                return None
             if not new.required:
                 new.ready.set()
             new.failure = ""
@@ -506,12 +514,73 @@ class Connection:
             self._drained = None
 
     async def _subscribe(self, ws: ClientConnection, sub: SubState, now: float) -> None:
-        sub.subscribed_at = now
-        sub.confirmed = False
-        sub.retry_at = 0.0
-        sub.silent_warned = False
-        sub.stale_resubscribed = False
-        await ws.send(subscribe_frame(sub.name))
+        await self._subscribe_all(ws, [sub], now)
+
+    async def _subscribe_all(self, ws: ClientConnection, subs: list[SubState], now: float) -> None:
+        for sub in subs:
+            sub.subscribed_at = now
+            sub.confirmed = False
+            sub.retry_at = 0.0
+            sub.silent_warned = False
+            sub.stale_resubscribed = False
+        frames, failed, error = await self._subscribe_frames(subs)
+        for _, frame in frames:
+            await ws.send(frame)
+        if failed:
+            self._metrics.auth_failures.labels(EXCHANGE).inc()
+            retry = self._settings.resubscribe_backoff_s
+            for sub in failed:
+                sub.retry_at = now + retry
+            log.error(
+                "[conn %d %s] no WebSocket token for %d private channel(s): %s; retrying in %.0fs",
+                self.index,
+                self.connection_id,
+                len(failed),
+                error,
+                retry,
+            )
+
+    async def _subscribe_frames(
+        self, subs: list[SubState]
+    ) -> tuple[list[tuple[SubState, str]], list[SubState], str]:
+        """Subscribe frames; private channels get a fresh token (one per call, fetched
+        only if needed). Returns (frames, private subs without a token, why)."""
+        frames: list[tuple[SubState, str]] = []
+        failed: list[SubState] = []
+        token: str | None = None
+        error = ""
+        for sub in subs:
+            if not is_private(sub.name):
+                frames.append((sub, subscribe_frame(sub.name)))
+                continue
+            if token is None and not error:
+                try:
+                    token = await self._private_token()
+                except RestError as exc:
+                    error = str(exc)
+            if token is None:
+                failed.append(sub)
+            else:
+                frames.append((sub, subscribe_frame(sub.name, token)))
+        return frames, failed, error
+
+    async def _private_token(self) -> str:
+        s = self._settings
+        if self._rest is None or s.bitstamp_api_key is None or s.bitstamp_api_secret is None:
+            raise RestError("BITSTAMP_API_KEY and BITSTAMP_API_SECRET are not set", retriable=False)
+        body = await self._rest.websockets_token(
+            s.bitstamp_api_key.get_secret_value(), s.bitstamp_api_secret.get_secret_value()
+        )
+        token = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token:
+            raise RestError(f"the token endpoint sent no token: {body!r:.200}", retriable=False)
+        if str(body.get("user_id")) != str(s.bitstamp_user_id):
+            raise RestError(
+                f"the API key belongs to user {body.get('user_id')}, not BITSTAMP_USER_ID "
+                f"{s.bitstamp_user_id}: the private channel names would not match",
+                retriable=False,
+            )
+        return token
 
     # --- reading -----------------------------------------------------------------------
     async def _read(self, link: _Link) -> None:
@@ -736,6 +805,7 @@ class Connection:
         resubscribe (the connection is then suspect), else 0."""
         s = self._settings
         watched = still_stale = 0
+        due: list[SubState] = []
         for sub in self.subs.values():
             if sub.confirmed:
                 silent = now - sub.last_event
@@ -749,7 +819,11 @@ class Connection:
                         continue
                     else:
                         still_stale += 1
-                elif not sub.silent_warned and silent > s.silence_warning_s:
+                elif (
+                    not sub.silent_warned
+                    and silent > s.silence_warning_s
+                    and not is_private(sub.name)  # quiet while the account does not trade
+                ):
                     sub.silent_warned = True
                     log.warning(
                         "[conn %d %s] %s confirmed but silent for %.0fs: is %r a listed "
@@ -763,9 +837,11 @@ class Connection:
             elif sub.retry_at:
                 if now >= sub.retry_at:
                     log.info("[conn %d] retrying subscription %s", self.index, sub.name)
-                    await self._subscribe(ws, sub, now)
+                    due.append(sub)
             elif now - sub.subscribed_at > s.subscribe_timeout_s:
                 self._reject(sub, now, f"no confirmation within {s.subscribe_timeout_s:.0f}s")
+        if due:
+            await self._subscribe_all(ws, due, now)  # one token for all private ones
         return still_stale if watched and still_stale == watched else 0
 
     async def _resubscribe_stale(
@@ -811,6 +887,7 @@ class Supervisor:
                 publisher,
                 metrics,
                 Gaps(publisher, self.rest, recent, metrics),
+                self.rest,
             )
             for i in range((len(subs) + size - 1) // size)
         ]

@@ -31,6 +31,7 @@ from connector.events import (
     Message,
     OrderEvent,
     OrderEventType,
+    PrivateEvent,
     ReconnectRequested,
     Side,
     SubscriptionSucceeded,
@@ -39,7 +40,14 @@ from connector.events import (
 )
 from connector.timeutil import parse_epoch_us
 
-_SIDES = {0: Side.BUY, 1: Side.SELL, "0": Side.BUY, "1": Side.SELL}
+_SIDES = {
+    0: Side.BUY,
+    1: Side.SELL,
+    "0": Side.BUY,
+    "1": Side.SELL,
+    "buy": Side.BUY,
+    "sell": Side.SELL,
+}
 _ORDER_EVENTS = {
     "order_created": OrderEventType.CREATED,
     "order_changed": OrderEventType.CHANGED,
@@ -265,6 +273,10 @@ class BitstampDecoder:
         data = msg.get("data")
         if event.startswith("bts:"):
             return [self._control(event, channel_name, data, frame)]
+        if channel_name.startswith("private-"):
+            private = self._private(event, channel_name, data, frame, receive_ts_us)
+            self.sequence += 1
+            return [private]
         handler = _HANDLERS.get(event)
         if handler is None:
             raise ProtocolError("unknown_event", f"unknown event {event!r:.60}", frame)
@@ -310,6 +322,54 @@ class BitstampDecoder:
                 )
             return ExchangeError(channel, None, str(data))
         raise ProtocolError("unknown_event", f"unknown control event {event!r:.60}", frame)
+
+    def _private(
+        self, event: str, name: str, data: Any, frame: bytes | str, rts: int
+    ) -> PrivateEvent:
+        where = self._channels.get(name)
+        if where is None:
+            where = split_channel(name)
+            if where is None:
+                raise ProtocolError("unknown_channel", f"unknown channel {name!r:.80}", frame)
+            self._channels[name] = where
+        channel, market = where
+        if event not in _PRIVATE_EVENTS[channel]:
+            raise ProtocolError("unknown_event", f"event {event!r} is not sent on {channel}", frame)
+        if not isinstance(data, dict):
+            raise ProtocolError("invalid_field", f"'data' of {event!r} is not an object", frame)
+        if any(type(v) is float for v in data.values()):
+            raise _NeedsExactNumbers
+        try:
+            ts, ts_raw = _timestamp(data, "microtimestamp", "ts", "timestamp", "datetime")
+            id_keys = _PRIVATE_ID[channel]
+            entity = None
+            for key in id_keys:
+                entity = _opt_ident(key, data.get(key))
+                if entity is not None:
+                    break
+            side_raw = data.get(_PRIVATE_SIDE[channel]) if _PRIVATE_SIDE[channel] else None
+            side = None if side_raw is None else _SIDES.get(side_raw, Side.UNKNOWN)
+            price = _opt_decimal(data, "price_str") or _opt_decimal(data, "price")
+            amount = _opt_decimal(data, "amount_str") or _opt_decimal(data, "amount")
+        except ProtocolError as exc:
+            exc.frame = frame
+            raise
+        return PrivateEvent(
+            exchange=EXCHANGE,
+            market=market,
+            channel=channel,
+            exchange_ts_us=ts,
+            exchange_ts_raw=ts_raw,
+            receive_ts_us=rts,
+            connection_id=self.connection_id,
+            sequence=self.sequence + 1,
+            extra=_extra(data, _PRIVATE_KNOWN | set(id_keys) | {_PRIVATE_SIDE[channel]}),
+            event=event,
+            entity_id=entity,
+            side=side,
+            price=price,
+            amount=amount,
+        )
 
     def _trade(
         self, event: str, channel: str, market: str, data: dict[str, Any], rts: int
@@ -447,3 +507,40 @@ _EVENTS_OF: dict[str, frozenset[str]] = {
     "diff_order_book": frozenset({"data"}),
     "funding_rate": frozenset({"funding_rate", "funding_rate_saved"}),
 }
+
+# Private channels: the events each sends, where its entity id and side are, and the
+# fields the typed ones represent (the rest, exact, goes to extra).
+_PRIVATE_EVENTS: dict[str, frozenset[str]] = {
+    "private_my_orders": frozenset(
+        {"order_created", "order_changed", "order_deleted", "stop_active", "stop_inactive"}
+    ),
+    "private_my_trades": frozenset({"trade"}),
+    "private_live_trades": frozenset({"self_trade"}),
+    "private_my_settlements": frozenset({"settlement"}),
+    "private_my_liquidations": frozenset(
+        {
+            "im_breach_warning",
+            "im_breach",
+            "mm_breach_warning",
+            "liquidation_start",
+            "liquidation_concluded",
+        }
+    ),
+}
+_PRIVATE_ID: dict[str, tuple[str, ...]] = {
+    "private_my_orders": ("id_str", "id"),
+    "private_my_trades": ("id_str", "id"),
+    "private_live_trades": (),
+    "private_my_settlements": ("id",),
+    "private_my_liquidations": ("position_id",),
+}
+_PRIVATE_SIDE: dict[str, str] = {
+    "private_my_orders": "order_type",
+    "private_my_trades": "side",
+    "private_live_trades": "type",
+    "private_my_settlements": "",
+    "private_my_liquidations": "",
+}
+_PRIVATE_KNOWN = frozenset(
+    {"price", "price_str", "amount", "amount_str", "microtimestamp", "timestamp", "ts"}
+)

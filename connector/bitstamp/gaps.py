@@ -134,12 +134,18 @@ class Gaps:
                     )
                 )
         elif gap_start is not None:
-            detail = (
-                "funding_rate messages are full state; the next one is current"
-                if sub.channel == "funding_rate"
-                else "order events in the gap cannot be fetched; rebuild L3 state from a "
-                "detail_order_book resync"
-            )
+            if sub.channel == "funding_rate":
+                detail = "funding_rate messages are full state; the next one is current"
+            elif sub.channel.startswith("private_"):
+                detail = (
+                    "account events in the gap are not replayed on the WebSocket; reconcile "
+                    "with the REST API (open_orders, user_transactions)"
+                )
+            else:
+                detail = (
+                    "order events in the gap cannot be fetched; rebuild L3 state from a "
+                    "detail_order_book resync"
+                )
             self._spawn(self._close_gap(sub, gap_start, Recovery.NONE, 0, detail))
 
     def admit(self, sub: SubState, event: MarketEvent, receive_ts: float) -> MarketEvent | None:

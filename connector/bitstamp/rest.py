@@ -2,7 +2,9 @@
 
 - ``GET /api/v2/transactions/{market}/?time=minute|hour|day``: recent trades (backfill);
 - ``GET /api/v2/order_book/{market}/``: a book snapshot (resync); edge-cached about 1 s,
-  so a nonce parameter asks for a fresh one.
+  so a nonce parameter asks for a fresh one;
+- ``POST /api/v2/websockets_token/``: a WebSocket token for private channels, signed
+  with the API key and secret (v2 HMAC-SHA256 authentication, ``sign_v2``).
 
 Retries (tenacity): network errors, 5xx and 429 (honouring ``Retry-After``), capped
 jittered backoff, bounded in time. Errors are ``RestError`` naming the route and answer
@@ -13,9 +15,13 @@ A limiter keeps well under Bitstamp's 400 requests/s.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import orjson
@@ -56,17 +62,21 @@ class BitstampRest:
         if wait > 0:
             await asyncio.sleep(wait)
 
-    async def _get_once(self, path: str, params: dict[str, str]) -> Any:
+    async def _get_once(
+        self, path: str, params: dict[str, str], method: str = "GET", headers: Any = None
+    ) -> Any:
         await self._slot()
         self.requests += 1
         try:
-            resp = await self._client.get(self._base + path, params=params)
+            resp = await self._client.request(
+                method, self._base + path, params=params, headers=headers
+            )
         except httpx.TransportError as exc:
-            raise RestError(f"GET {path} failed: {exc!r}", retriable=True) from exc
+            raise RestError(f"{method} {path} failed: {exc!r}", retriable=True) from exc
         if resp.status_code == 429 or resp.status_code >= 500:
             after = resp.headers.get("Retry-After", "")
             raise RestError(
-                f"GET {path} answered {resp.status_code}: {resp.text:.200}",
+                f"{method} {path} answered {resp.status_code}: {resp.text:.200}",
                 retriable=True,
                 retry_after_s=float(after) if after.replace(".", "", 1).isdigit() else 0.0,
             )
@@ -74,16 +84,22 @@ class BitstampRest:
             body = orjson.loads(resp.content)
         except orjson.JSONDecodeError as exc:
             raise RestError(
-                f"GET {path} sent invalid JSON: {resp.text:.200}", retriable=False
+                f"{method} {path} sent invalid JSON: {resp.text:.200}", retriable=False
             ) from exc
         if resp.status_code >= 400 or (isinstance(body, dict) and body.get("status") == "error"):
             reason = body.get("reason") if isinstance(body, dict) else body
             raise RestError(
-                f"GET {path} answered {resp.status_code}: {reason!r:.200}", retriable=False
+                f"{method} {path} answered {resp.status_code}: {reason!r:.200}", retriable=False
             )
         return body
 
-    async def _get(self, path: str, params: dict[str, str]) -> Any:
+    async def _get(
+        self,
+        path: str,
+        params: dict[str, str],
+        method: str = "GET",
+        headers: Callable[[], dict[str, str]] | None = None,
+    ) -> Any:
         async for attempt in AsyncRetrying(
             retry=retry_if_exception(_retriable),
             stop=stop_after_delay(self._retry_for_s),
@@ -92,7 +108,10 @@ class BitstampRest:
         ):
             with attempt:
                 try:
-                    return await self._get_once(path, params)
+                    # Signed requests get fresh headers (nonce, time) on every attempt.
+                    return await self._get_once(
+                        path, params, method, headers() if headers else None
+                    )
                 except RestError as exc:
                     if exc.retry_after_s:
                         await asyncio.sleep(min(exc.retry_after_s, 30.0))
@@ -107,3 +126,46 @@ class BitstampRest:
         return await self._get(
             f"/api/v2/order_book/{market}/", {"group": "1", "nonce": uuid.uuid4().hex[:12]}
         )
+
+    async def websockets_token(self, api_key: str, api_secret: str) -> Any:
+        """``{"token": ..., "user_id": ..., "valid_sec": ...}`` for private channels."""
+        path = "/api/v2/websockets_token/"
+        host = urlsplit(self._base).netloc
+
+        def headers() -> dict[str, str]:
+            nonce = str(uuid.uuid4())
+            timestamp = str(int(time.time() * 1000))
+            signature = sign_v2(
+                api_key, api_secret, "POST", host, path, "", "", nonce, timestamp, ""
+            )
+            return {
+                "X-Auth": "BITSTAMP " + api_key,
+                "X-Auth-Signature": signature,
+                "X-Auth-Nonce": nonce,
+                "X-Auth-Timestamp": timestamp,
+                "X-Auth-Version": "v2",
+            }
+
+        return await self._get(path, {}, "POST", headers)
+
+
+def sign_v2(
+    api_key: str,
+    api_secret: str,
+    method: str,
+    host: str,
+    path: str,
+    query: str,
+    content_type: str,
+    nonce: str,
+    timestamp: str,
+    body: str,
+) -> str:
+    """Bitstamp API v2 request signature: HMAC-SHA256 with the API secret over
+    ``"BITSTAMP " + key + method + host + path + query + content_type + nonce + timestamp
+    + "v2" + body`` (no separators; the content type only when there is a body), hex."""
+    message = (
+        f"BITSTAMP {api_key}{method}{host}{path}{query}"
+        f"{content_type if body else ''}{nonce}{timestamp}v2{body}"
+    )
+    return hmac.new(api_secret.encode(), message.encode(), hashlib.sha256).hexdigest()
