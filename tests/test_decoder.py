@@ -309,3 +309,32 @@ def test_arbitrary_bitstamp_shaped_frames_raise_only_protocol_error(frame: dict[
     except ProtocolError:
         return
     assert len(out) == 1
+
+
+def test_private_events_keep_exact_text_and_reject_the_unexpected() -> None:
+    from connector.events import PrivateEvent
+
+    decoder = BitstampDecoder("c")
+    frame = (
+        '{"event":"trade","channel":"private-my_trades_btcusd-7","data":{"id":12,'
+        '"order_id":11,"amount":0.10000000,"price":37000.10,"fee":"0.01","side":"sell",'
+        '"microtimestamp":"1700000000000001"}}'
+    )
+    (event,) = decoder.feed(frame, 5)
+    assert isinstance(event, PrivateEvent)
+    assert (event.channel, event.market, event.entity_id, event.side) == (
+        "private_my_trades",
+        "btcusd",
+        "12",
+        "SELL",
+    )
+    assert (event.price, event.amount) == ("37000.10", "0.10000000")  # as sent, not floats
+    assert event.extra == {"order_id": "11", "fee": "0.01"}
+    bad = '{"event":"order_created","channel":"private-my_trades_btcusd-7","data":{}}'
+    with pytest.raises(ProtocolError) as err:
+        decoder.feed(bad, 5)
+    assert err.value.reason == "unknown_event"
+    no_time = '{"event":"settlement","channel":"private-my_settlements-7","data":{"id":1}}'
+    with pytest.raises(ProtocolError) as err:
+        decoder.feed(no_time, 5)
+    assert err.value.reason == "missing_field"
