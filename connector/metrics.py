@@ -110,6 +110,13 @@ class Metrics:
             ("exchange", "channel"),
             registry=r,
         )
+        self.events_dropped = Counter(
+            "connector_events_dropped_total",
+            "Events deliberately not published: duplicate (already published), stale_diff "
+            "(older than the resync snapshot), spool_full (drop_oldest policy).",
+            ("exchange", "channel", "reason"),
+            registry=r,
+        )
         self.handovers = Counter(
             "connector_handovers_total",
             "Make-before-break connection switches (request_reconnect, max_age) by outcome: "

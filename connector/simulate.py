@@ -764,9 +764,7 @@ class Simulator:
             "asks": gen.levels(1, self.book_depth, False),
         }
 
-    def _token(
-        self, headers: dict[str, str], query: str, payload: bytes
-    ) -> tuple[HTTPStatus, Any]:
+    def _token(self, headers: dict[str, str], query: str, payload: bytes) -> tuple[HTTPStatus, Any]:
         """POST /api/v2/websockets_token/ with Bitstamp's v2 authentication: the HMAC-
         SHA256 of the request (key, method, host, path, query, content type if a body,
         nonce, timestamp, version, body) under the API secret."""
@@ -808,6 +806,7 @@ class Simulator:
         token = secrets.token_hex(16)
         self._tokens[token] = (user_id, time.monotonic() + 60)
         return HTTPStatus.OK, {"token": token, "user_id": user_id, "valid_sec": 60}
+
 
 def _json(body: Any, status: HTTPStatus = HTTPStatus.OK) -> Response:
     payload = orjson.dumps(body)

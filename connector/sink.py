@@ -413,6 +413,7 @@ class KafkaSink:
             dropped += 1
         if dropped:
             self._metrics.spool_dropped.inc(dropped)
+            self._metrics.events_dropped.labels("", "", "spool_full").inc(dropped)
             log.error(
                 "spool full: dropped the %d oldest record(s) (spool_full_policy=drop_oldest)",
                 dropped,

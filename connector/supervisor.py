@@ -627,6 +627,7 @@ class Connection:
                 dedup = link.dedup.get(sub.name)
                 if dedup is not None and not dedup.keep(msg):
                     self._metrics.duplicates.labels(EXCHANGE, sub.channel).inc()
+                    self._metrics.events_dropped.labels(EXCHANGE, sub.channel, "duplicate").inc()
                     return
             sub.last_event = time.monotonic()
             if sub.recovering and self.gaps.full(sub):

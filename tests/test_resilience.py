@@ -630,12 +630,23 @@ async def test_make_before_break_publishes_the_overlap_once(
                     for c in channels
                 ]
             )
+            dropped_as_duplicates = sum(
+                [
+                    await metric(
+                        conn,
+                        f'connector_events_dropped_total{{channel="{c}",exchange="bitstamp",'
+                        'reason="duplicate"}',
+                    )
+                    for c in channels
+                ]
+            )
             metrics = await conn.metrics()
             assert await conn.stop() == 0
             log = conn.log()
         consumed = await consume_until(broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=3)
     finally:
         await sim.stop()
+    assert dropped_as_duplicates == dropped
     assert "connector_reconnects_total{" not in metrics, "a switch fell back to a reconnect"
     assert 'outcome="gap"' not in metrics and 'outcome="failed"' not in metrics
     assert statuses_in(consumed, topic_prefix) == []  # no gap anywhere

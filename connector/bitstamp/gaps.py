@@ -173,6 +173,7 @@ class Gaps:
         if isinstance(event, Trade):
             if not self._recent.add(event.market, event.trade_id):
                 self._metrics.duplicates.labels(EXCHANGE, "live_trades").inc()
+                self._metrics.events_dropped.labels(EXCHANGE, "live_trades", "duplicate").inc()
                 return None
         elif isinstance(event, OrderEvent):
             self._check_chain(event)
@@ -180,6 +181,7 @@ class Gaps:
             if sub.cutoff_us and isinstance(event, BookDelta):
                 if event.exchange_ts_us <= sub.cutoff_us:
                     self._metrics.stale_diffs.labels(EXCHANGE).inc()
+                    self._metrics.events_dropped.labels(EXCHANGE, sub.channel, "stale_diff").inc()
                     return None
                 sub.cutoff_us = 0
             if sub.resync_next:
