@@ -139,6 +139,11 @@ class Settings(BaseSettings):
         description="Replication factor of created topics; -1: min(3, brokers in the cluster).",
     )
     create_topics: bool = Field(default=True, description="Create missing topics at start.")
+    kafka_client: Literal["aiokafka", "librdkafka"] = Field(
+        default="aiokafka",
+        description="Producer library: aiokafka (pure Python), or librdkafka (confluent-kafka, "
+        "the [librdkafka] extra; less CPU per record).",
+    )
     kafka_client_id: str = Field(
         default="exchange-connector", min_length=1, description="Kafka client.id of the producer."
     )

@@ -88,20 +88,35 @@ class KafkaSink:
         self._spool: Spool | None = None
         if settings.spool_dir is not None:
             self._spool = self._open_spool(settings)
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id=settings.kafka_client_id,
-            acks="all",
-            enable_idempotence=settings.idempotence,
-            compression_type=None
-            if settings.kafka_compression == "none"
-            else settings.kafka_compression,
-            linger_ms=settings.kafka_linger_ms,
-            max_batch_size=settings.kafka_max_batch_bytes,
-            max_request_size=max(settings.kafka_max_batch_bytes, settings.ws_max_size_bytes),
-            request_timeout_ms=settings.kafka_request_timeout_ms,
-            **client_options(settings),
-        )
+        self._producer: Any
+        if settings.kafka_client == "librdkafka":
+            from connector.rdkafka import RdKafkaProducer, rdkafka_config
+
+            try:
+                config = rdkafka_config(settings, bootstrap_servers, client_options(settings))
+                self._producer = RdKafkaProducer(
+                    config, settings.kafka_request_timeout_ms / 1000
+                )
+            except ImportError as exc:
+                raise ConfigError(
+                    "CONNECTOR_KAFKA_CLIENT=librdkafka needs confluent-kafka: "
+                    "pip install 'exchange-kafka-connector[librdkafka]'"
+                ) from exc
+        else:
+            self._producer = AIOKafkaProducer(
+                bootstrap_servers=bootstrap_servers,
+                client_id=settings.kafka_client_id,
+                acks="all",
+                enable_idempotence=settings.idempotence,
+                compression_type=None
+                if settings.kafka_compression == "none"
+                else settings.kafka_compression,
+                linger_ms=settings.kafka_linger_ms,
+                max_batch_size=settings.kafka_max_batch_bytes,
+                max_request_size=max(settings.kafka_max_batch_bytes, settings.ws_max_size_bytes),
+                request_timeout_ms=settings.kafka_request_timeout_ms,
+                **client_options(settings),
+            )
         self._slots = asyncio.Semaphore(settings.kafka_max_in_flight)
         self._pending = 0  # accepted, final outcome not yet known
         self._submitted = 0  # handed to aiokafka, future not yet resolved

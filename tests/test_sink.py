@@ -45,11 +45,21 @@ async def consume(bootstrap: str, topic: str, n: int, timeout: float = 30) -> li
     return out
 
 
-async def test_many_records_in_flight_all_acked_in_order(broker: Broker, topic_prefix: str) -> None:
+CLIENTS = pytest.mark.parametrize("client", ["aiokafka", "librdkafka"])
+
+
+@CLIENTS
+async def test_many_records_in_flight_all_acked_in_order(
+    broker: Broker, topic_prefix: str, client: str
+) -> None:
     topic = f"{topic_prefix}.sink"
     await ensure_topics(broker.bootstrap, [topic], 1, 1)
     metrics = Metrics()
-    sink = KafkaSink(_settings(broker.env(), kafka_max_in_flight=500), broker.bootstrap, metrics)
+    sink = KafkaSink(
+        _settings(broker.env(), kafka_max_in_flight=500, kafka_client=client),
+        broker.bootstrap,
+        metrics,
+    )
     await sink.start()
     route = metrics.route("bitstamp", "live_trades", "btcusd")
     for i in range(5000):
@@ -84,8 +94,9 @@ async def test_permanent_rejection_is_counted_not_silent(
     assert "rejected a 200000-byte record" in caplog.text
 
 
+@CLIENTS
 async def test_outage_then_recovery_delivers_everything_in_order(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, client: str
 ) -> None:
     """Cuts the network to the broker mid-stream, then restores it.
 
@@ -105,6 +116,7 @@ async def test_outage_then_recovery_delivers_everything_in_order(
             kafka_request_timeout_ms=2000,
             kafka_retry_backoff_max_s=1.0,
             kafka_send_timeout_s=1.0,
+            kafka_client=client,
         )
         sink = KafkaSink(settings, bootstrap, metrics)
         await sink.start()
