@@ -28,6 +28,7 @@ from connector.bitstamp.protocol import (
 from connector.checkpoints import from_spool, last_trades, latest
 from connector.embedded import EmbeddedBroker
 from connector.errors import ConfigError, DeliveryError
+from connector.group import Membership, assignment_topic
 from connector.http import Health, HttpServer
 from connector.kafka_security import client_options
 from connector.metrics import Metrics
@@ -144,10 +145,29 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
             )
             if created is None:
                 return 0
+        if settings.group_id:
+            # The assignment topic's partitions are the unit of ownership: create it even
+            # when topic creation is off (all replicas must agree on its size).
+            created = await _until_kafka_answers(
+                "creating the assignment topic",
+                lambda: ensure_topics(
+                    bootstrap,
+                    [assignment_topic(settings)],
+                    settings.assignment_partitions,
+                    settings.topic_replication_factor,
+                    client=kafka_client,
+                ),
+                settings,
+                stop,
+            )
+            if created is None:
+                return 0
         for c, m in subs:
             await router.prepare(EXCHANGE, c, m, CHANNEL_SCHEMAS[c])
         await router.status_route(EXCHANGE)
         trade_topics = {m: router.topic(EXCHANGE, c, m) for c, m in subs if c == "live_trades"}
+        if settings.group_id:
+            trade_topics = {}  # positions are read per subscription when it is assigned
         trade_decoder = AvroDecoder(schemas.values())
         checkpoints = (
             await last_trades(
@@ -192,7 +212,24 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         health.sink = sink
         metrics.refresh_hooks.append(partial(_refresh_sink_gauges, metrics, sink))
         publisher = Publisher(router, sink, metrics, dlq_max_bytes(settings.ws_max_size_bytes))
-        supervisor = Supervisor(subs, settings, publisher, metrics, checkpoints)
+        supervisor = Supervisor(
+            [] if settings.group_id else subs, settings, publisher, metrics, checkpoints
+        )
+        membership: Membership | None = None
+        member_task: asyncio.Task[None] | None = None
+        if settings.group_id:
+            membership = Membership(
+                settings,
+                bootstrap,
+                kafka_client,
+                supervisor,
+                sink,
+                metrics,
+                {(c, m): router.topic(EXCHANGE, c, m) for c, m in subs},
+                trade_decoder,
+                registry,
+            )
+            member_task = asyncio.create_task(membership.run(stop), name="group-membership")
         health.subscriptions = supervisor.subscriptions
         metrics.refresh_hooks.append(partial(_refresh_sub_gauges, metrics, supervisor))
         log.info(
@@ -200,8 +237,17 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
             len(subs),
             len(supervisor.connections),
         )
-        await supervisor.run(stop)
-        log.info("stopping: delivering %d record(s) still in flight", sink.pending)
+        try:
+            await supervisor.run(stop)
+            log.info("stopping: delivering %d record(s) still in flight", sink.pending)
+            if membership is not None:
+                # Our subscriptions' last events are in Kafka before the next owner looks.
+                await sink.flush(settings.shutdown_timeout_s)
+                await membership.leave()
+        finally:
+            if member_task is not None:
+                member_task.cancel()
+                await asyncio.gather(member_task, return_exceptions=True)
         return 0
     finally:
         health.stopping = True

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -24,11 +24,12 @@ from connector.registry import SchemaRegistryClient
 from connector.spool import SpooledRecord
 
 log = logging.getLogger(__name__)
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
-    trade_id: int
+    trade_id: int  # 0 for records that are not trades
     exchange_ts_us: int
 
 
@@ -44,13 +45,32 @@ async def last_trades(
     """``topics``: market → its live_trades topic. Returns market → last trade published.
     Unreadable state is logged and skipped (the connector then starts without a
     restart backfill for that market, as it would on a first start)."""
+    out = await last_records(
+        bootstrap, topics, decoder, registry, timeout_s=timeout_s, client=client
+    )
+    for market, cp in sorted(out.items()):
+        log.info("restart checkpoint %s: last published trade %d", market, cp.trade_id)
+    return out
+
+
+async def last_records(
+    bootstrap: str,
+    topics: dict[K, str],
+    decoder: AvroDecoder,
+    registry: SchemaRegistryClient | None = None,
+    *,
+    timeout_s: float = 20.0,
+    client: dict[str, Any] | None = None,
+) -> dict[K, Checkpoint]:
+    """``topics``: key → topic. Returns key → the newest record in it (every partition),
+    as (trade id or 0, exchange time)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,
         **(client or {}),
     )
-    out: dict[str, Checkpoint] = {}
+    out: dict[K, Checkpoint] = {}
     try:
         await asyncio.wait_for(consumer.start(), timeout_s)
         by_topic = {t: m for m, t in topics.items()}
@@ -74,9 +94,9 @@ async def last_trades(
                             continue
                         pending.discard(tp)
                         cp = await decode_checkpoint(msg.value or b"", decoder, registry)
-                        market = by_topic[tp.topic]
-                        if cp and (market not in out or cp.trade_id > out[market].trade_id):
-                            out[market] = cp
+                        key = by_topic[tp.topic]
+                        if cp and (key not in out or _newer(cp, out[key])):
+                            out[key] = cp
     except (KafkaError, OSError, TimeoutError) as exc:
         log.warning("could not read restart checkpoints from Kafka (%r); no restart backfill", exc)
     finally:
@@ -84,9 +104,11 @@ async def last_trades(
             await asyncio.wait_for(consumer.stop(), 10)
         except (KafkaError, OSError, TimeoutError):
             log.debug("checkpoint consumer did not stop cleanly", exc_info=True)
-    for market, cp in sorted(out.items()):
-        log.info("restart checkpoint %s: last published trade %d", market, cp.trade_id)
     return out
+
+
+def _newer(a: Checkpoint, b: Checkpoint) -> bool:
+    return (a.trade_id, a.exchange_ts_us) > (b.trade_id, b.exchange_ts_us)
 
 
 async def from_spool(
@@ -127,7 +149,8 @@ async def decode_checkpoint(
         if sid is not None and registry is not None and not decoder.known_id(sid):
             decoder.add_schema_id(sid, await registry.schema_by_id(sid))
         _, record = decoder.decode(value)
-        return Checkpoint(int(record["trade_id"]), int(record["exchange_ts_us"]))
+        trade_id = record.get("trade_id")
+        return Checkpoint(int(trade_id) if trade_id else 0, int(record["exchange_ts_us"]))
     except (SchemaError, KeyError, ValueError, EOFError) as exc:
         log.warning("last trade record is unreadable (%s); skipped", exc)
         return None

@@ -139,6 +139,29 @@ class Settings(BaseSettings):
         description="Replication factor of created topics; -1: min(3, brokers in the cluster).",
     )
     create_topics: bool = Field(default=True, description="Create missing topics at start.")
+    group_id: str | None = Field(
+        default=None,
+        validation_alias=_alias("CONNECTOR_GROUP_ID", "group_id"),
+        description="Scale-out: replicas with the same group id share the subscriptions "
+        "through a Kafka consumer group; unset, this replica runs all of them.",
+    )
+    assignment_topic: str | None = Field(
+        default=None,
+        description="Topic whose partitions stand for the subscriptions (scale-out); "
+        "default <group_id>.assignments.",
+    )
+    assignment_partitions: int = Field(
+        default=64,
+        ge=1,
+        le=10000,
+        description="Partitions of the assignment topic: the unit of ownership (same value "
+        "on every replica).",
+    )
+    group_session_timeout_ms: int = Field(
+        default=10000,
+        ge=1000,
+        description="A replica that stops heartbeating loses its subscriptions after this.",
+    )
     kafka_client: Literal["aiokafka", "librdkafka"] = Field(
         default="aiokafka",
         description="Producer library: aiokafka (pure Python), or librdkafka (confluent-kafka, "

@@ -32,6 +32,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import CloseCode
+from websockets.protocol import State
 
 from connector.bitstamp.decoder import BitstampDecoder
 from connector.bitstamp.gaps import Gaps, SubState
@@ -146,6 +147,7 @@ class Connection:
         self._last_frame_ts = 0.0
         self._drained: asyncio.Event | None = None  # set while draining at shutdown
         self._active: _Link | None = None
+        self._unsubscribed = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
         self.connection_id = ""
         self.connected = False
@@ -154,6 +156,48 @@ class Connection:
     @property
     def live(self) -> int:
         return sum(1 for s in self.subs.values() if s.confirmed)
+
+    # --- subscriptions that come and go (scale-out: ownership moves between replicas) ----
+    async def add(self, subs: list[SubState]) -> None:
+        """Takes on subscriptions; subscribes them now if connected (else the next
+        session does)."""
+        for sub in subs:
+            self.subs[sub.name] = sub
+            self._by_pair[(sub.channel, sub.market)] = sub
+        link = self._active
+        if link is not None and self.connected and link.ws.state is State.OPEN:
+            # If the connection drops meanwhile, the next session subscribes them.
+            with contextlib.suppress(ConnectionClosed):
+                await self._subscribe_all(link.ws, subs, time.monotonic())
+        self._update_live_gauge()
+
+    async def remove(self, names: list[str], deadline_s: float) -> None:
+        """Gives up subscriptions: unsubscribes, keeps reading until the exchange confirms
+        (what it already sent is still published), publishes what was held, forgets."""
+        subs = [self.subs[n] for n in names if n in self.subs]
+        live = [s for s in subs if s.confirmed]
+        link = self._active
+        if live and link is not None and self.connected:
+            try:
+                for sub in live:
+                    await link.ws.send(unsubscribe_frame(sub.name))
+                async with asyncio.timeout(deadline_s):
+                    while any(s.confirmed for s in live):
+                        self._unsubscribed.clear()
+                        await self._unsubscribed.wait()
+            except (TimeoutError, ConnectionClosed):
+                log.warning(
+                    "[conn %d %s] %d unsubscription(s) not confirmed; giving them up anyway",
+                    self.index,
+                    self.connection_id,
+                    sum(1 for s in live if s.confirmed),
+                )
+        await self.gaps.drain(subs)
+        for sub in subs:
+            sub.confirmed = False
+            self.subs.pop(sub.name, None)
+            self._by_pair.pop((sub.channel, sub.market), None)
+        self._update_live_gauge()
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self._settings
@@ -678,6 +722,7 @@ class Connection:
             if sub is not None:
                 sub.confirmed = False
                 self._update_live_gauge()
+            self._unsubscribed.set()
             if self._drained is not None and not any(s.confirmed for s in self.subs.values()):
                 self._drained.set()
         elif isinstance(msg, ReconnectRequested):
@@ -867,7 +912,9 @@ class Connection:
 
 
 class Supervisor:
-    """Spreads the configured subscriptions over connections and runs them."""
+    """Spreads subscriptions over connections and runs them. Static (the configured
+    subscriptions) or, in scale-out mode, the ones the group assigns (``acquire`` /
+    ``release``)."""
 
     def __init__(
         self,
@@ -878,37 +925,108 @@ class Supervisor:
         checkpoints: dict[str, Checkpoint] | None = None,
     ) -> None:
         size = MAX_CHANNELS_PER_CONNECTION
+        self._settings = settings
+        self._publisher = publisher
+        self._metrics = metrics
         self.rest = BitstampRest(settings.bitstamp_rest_url)
-        recent = RecentTrades()  # shared: one market's trades may move between connections
+        self._recent = RecentTrades()  # one market's trades may move between connections
         self.connections = [
-            Connection(
-                i,
-                subs[i * size : (i + 1) * size],
-                settings,
-                publisher,
-                metrics,
-                Gaps(publisher, self.rest, recent, metrics),
-                self.rest,
-            )
-            for i in range((len(subs) + size - 1) // size)
+            self._connection(i, subs[i * size : (i + 1) * size])
+            for i in range(max(1, (len(subs) + size - 1) // size))
         ]
         for conn in self.connections:
             for sub in conn.subs.values():
                 cp = (checkpoints or {}).get(sub.market)
                 if sub.channel == "live_trades" and cp is not None:
                     conn.gaps.restarted(sub, cp.trade_id, cp.exchange_ts_us)
+        self._stop: asyncio.Event | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changes = asyncio.Lock()
+
+    def _connection(self, index: int, subs: list[tuple[str, str]]) -> Connection:
+        return Connection(
+            index,
+            subs,
+            self._settings,
+            self._publisher,
+            self._metrics,
+            Gaps(self._publisher, self.rest, self._recent, self._metrics),
+            self.rest,
+        )
 
     def subscriptions(self) -> list[SubState]:
         return [sub for conn in self.connections for sub in conn.subs.values()]
 
+    def owned(self) -> set[tuple[str, str]]:
+        return {(sub.channel, sub.market) for sub in self.subscriptions()}
+
+    async def acquire(
+        self, pairs: list[tuple[str, str]], positions: dict[tuple[str, str], Checkpoint]
+    ) -> None:
+        """Starts subscriptions handed to this replica. Each is a gap since the last event
+        published for it (``positions``, read back from Kafka): recovered as usual."""
+        async with self._changes:
+            uid = self._settings.bitstamp_user_id
+            new = [p for p in pairs if p not in self.owned()]
+            for conn in self.connections:
+                room = MAX_CHANNELS_PER_CONNECTION - len(conn.subs)
+                take, new = new[:room], new[room:]
+                if take:
+                    await conn.add(self._states(conn, take, positions, uid))
+            while new:
+                conn = self._connection(len(self.connections), [])
+                take, new = new[:MAX_CHANNELS_PER_CONNECTION], new[MAX_CHANNELS_PER_CONNECTION:]
+                await conn.add(self._states(conn, take, positions, uid))
+                self.connections.append(conn)
+                if self._stop is not None:
+                    self._tasks.append(
+                        asyncio.create_task(conn.run(self._stop), name=f"connection-{conn.index}")
+                    )
+
+    @staticmethod
+    def _states(
+        conn: Connection,
+        pairs: list[tuple[str, str]],
+        positions: dict[tuple[str, str], Checkpoint],
+        uid: int | None,
+    ) -> list[SubState]:
+        out = []
+        for c, m in pairs:
+            sub = SubState(c, m, channel_name(c, m, uid))
+            pos = positions.get((c, m))
+            if pos is not None:
+                conn.gaps.restarted(sub, pos.trade_id or None, pos.exchange_ts_us, "rebalance")
+            out.append(sub)
+        return out
+
+    async def release(self, pairs: list[tuple[str, str]]) -> None:
+        """Stops subscriptions taken away: unsubscribed and drained (what was received is
+        published), so their next owner starts from what Kafka has."""
+        async with self._changes:
+            wanted = set(pairs)
+            await asyncio.gather(
+                *(
+                    conn.remove(
+                        [s.name for s in conn.subs.values() if (s.channel, s.market) in wanted],
+                        self._settings.unsubscribe_timeout_s,
+                    )
+                    for conn in self.connections
+                )
+            )
+
     async def run(self, stop: asyncio.Event) -> None:
-        tasks = [
+        self._stop = stop
+        self._tasks = [
             asyncio.create_task(c.run(stop), name=f"connection-{c.index}") for c in self.connections
         ]
         try:
-            await asyncio.gather(*tasks)
+            while True:
+                tasks = list(self._tasks)
+                await asyncio.gather(*tasks)
+                if len(self._tasks) == len(tasks):
+                    break  # (connections added meanwhile are awaited in the next round)
         finally:
-            for t in tasks:
+            for t in self._tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*self._tasks, return_exceptions=True)
             await self.rest.close()

@@ -100,11 +100,19 @@ class Gaps:
         self._last_event_id: dict[str, tuple[str, int]] = {}
         self.connection_id = ""
 
-    def restarted(self, sub: SubState, last_trade_id: int, last_trade_us: int) -> None:
-        """Before the first connection: the gap since the last published trade."""
-        sub.down_since_us = last_trade_us
-        sub.down_reason = "restart"
-        self._recent.add(sub.market, str(last_trade_id))
+    def restarted(
+        self,
+        sub: SubState,
+        last_trade_id: int | None,
+        last_event_us: int,
+        reason: str = "restart",
+    ) -> None:
+        """Before the subscription starts here (a restart, or a subscription taken over
+        from another replica): the gap since the last event published for it."""
+        sub.down_since_us = last_event_us
+        sub.down_reason = reason
+        if last_trade_id is not None:
+            self._recent.add(sub.market, str(last_trade_id))
 
     # --- hooks -----------------------------------------------------------------------
     def lost(self, subs: list[SubState], reason: str, last_frame_us: int) -> None:

@@ -1,0 +1,160 @@
+"""Scale-out and failover: several connector processes share the subscriptions through a
+consumer group on a real broker (the embedded one rebalances in about 5 s)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from connector.bitstamp.protocol import CHANNELS, plan_subscriptions
+from connector.simulate import Simulator
+from tests.conftest import Broker
+from tests.harness import Running, connector_process, consume_until
+from tests.test_resilience import env_for
+
+pytestmark = pytest.mark.integration
+
+MARKETS = ("btcusd", "ethusd", "btcusd-perp")
+SUBS = {f"bitstamp:{c}:{m}" for c, m in plan_subscriptions(list(MARKETS), list(CHANNELS))[0]}
+
+
+async def ownership(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[dict[str, Any]] = []
+    try:
+        while batch := await consumer.getmany(timeout_ms=1000):
+            for msgs in batch.values():
+                out.extend(orjson.loads(m.value) for m in msgs)
+    finally:
+        await consumer.stop()
+    return sorted(out, key=lambda r: r["ts_us"])
+
+
+def owners(records: list[dict[str, Any]], dead: frozenset[str] = frozenset()) -> dict[str, str]:
+    """subscription → current owner; asserts nobody acquired a subscription another live
+    replica held (a replica in ``dead`` was killed: it never released)."""
+    held: dict[str, str] = {}
+    for r in records:
+        sub, replica = r["subscription"], r["replica"]
+        if r["event"] == "acquired":
+            prior = held.get(sub)
+            assert prior is None or prior in dead, f"{sub} owned by {prior} and {replica}"
+            held[sub] = replica
+        elif held.get(sub) == replica:
+            del held[sub]
+    return held
+
+
+async def until_owned(
+    bootstrap: str,
+    topic: str,
+    replicas: int,
+    within: float = 60,
+    dead: frozenset[str] = frozenset(),
+) -> dict[str, str]:
+    async with asyncio.timeout(within):
+        while True:
+            held = owners(await ownership(bootstrap, topic), dead)
+            if (
+                set(held) == SUBS
+                and all(r not in dead for r in held.values())
+                and len(set(held.values())) == replicas
+            ):
+                return held
+            await asyncio.sleep(1)
+
+
+async def joined(replicas: list[Running], within: float = 60) -> None:
+    """Until every replica joined (reading the assignment topic earlier would have the
+    embedded broker auto-create it with its own partition count)."""
+    async with asyncio.timeout(within):
+        while not all("replica " in r.log() and " joined " in r.log() for r in replicas):
+            for r in replicas:
+                assert r.proc.returncode is None, r.log()[-2000:]
+            await asyncio.sleep(0.2)
+
+
+def group_env(broker: Broker, sim: Simulator, prefix: str) -> dict[str, str]:
+    return env_for(
+        broker,
+        sim,
+        prefix,
+        ",".join(CHANNELS),
+        CONNECTOR_MARKETS=",".join(MARKETS),
+        CONNECTOR_GROUP_ID=f"{prefix}-group",
+        CONNECTOR_ASSIGNMENT_PARTITIONS="64",
+        CONNECTOR_GROUP_SESSION_TIMEOUT_MS="6000",
+    )
+
+
+async def test_three_replicas_own_each_subscription_once_and_survive_a_sigkill(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    sim = Simulator(markets=MARKETS, rate=5, record=True, idle_trade_rate=5)
+    await sim.start()
+    env = group_env(broker, sim, topic_prefix)
+    topic = f"{topic_prefix}-group.assignments"
+    try:
+        async with AsyncExitStack() as stack:
+            replicas: list[Running] = [
+                await stack.enter_async_context(connector_process(env, tmp_path / f"r{i}"))
+                for i in range(3)
+            ]
+            await joined(replicas)
+            held = await until_owned(broker.bootstrap, topic, 3, within=90)
+            assert set(held) == SUBS  # each subscription owned by exactly one replica
+            await asyncio.sleep(3)
+            victim_id = next(iter(held.values()))
+            victim = next(r for r in replicas if victim_id.split("-")[-2] == str(r.proc.pid))
+            moved = {s for s, r in held.items() if r == victim_id}
+            t_kill = time.monotonic()
+            assert await victim.kill() == -9
+            after = await until_owned(
+                broker.bootstrap, topic, 2, within=60, dead=frozenset({victim_id})
+            )
+            failover_s = time.monotonic() - t_kill
+            assert set(after) == SUBS and victim_id not in after.values()
+            await asyncio.sleep(3)
+            for r in replicas:
+                if r is not victim:
+                    assert await r.stop() == 0
+        consumed = await consume_until(
+            broker.bootstrap,
+            rf"^{topic_prefix}\.bitstamp\.(live_trades\..*|status)$",
+            10**9,
+            idle_s=3,
+        )
+    finally:
+        await sim.stop()
+    for market in MARKETS:
+        trades = [
+            r for _, _, _, r in consumed.by_topic[f"{topic_prefix}.bitstamp.live_trades.{market}"]
+        ]
+        check_trades_complete_for(sim, market, trades)
+    statuses = [r for _, _, _, r in consumed.by_topic[f"{topic_prefix}.bitstamp.status"]]
+    rebalance = {
+        f"bitstamp:{s['channel']}:{s['market']}" for s in statuses if s["reason"] == "rebalance"
+    }
+    assert moved <= rebalance  # every subscription that moved has its gap marked
+    print(
+        f"3 replicas: {len(SUBS)} subscriptions owned once each; SIGKILL of one moved "
+        f"{len(moved)} in {failover_s:.1f}s (session timeout 6 s); trades complete"
+    )
+
+
+def check_trades_complete_for(sim: Simulator, market: str, trades: list[dict[str, Any]]) -> None:
+    ids = [int(t["trade_id"]) for t in trades]
+    assert ids == sorted(ids), f"{market}: trade order broken"
+    assert len(ids) == len(set(ids)), f"{market}: duplicate trades"
+    made = {int(f["data"]["id_str"]) for f in sim.frames[("live_trades", market)]}
+    made |= {int(i) for i in sim.unsent_trades[market]}
+    expected = {i for i in made if ids[0] <= i <= ids[-1]}
+    assert set(ids) == expected, f"{market}: missing {sorted(expected - set(ids))[:10]}"
