@@ -1,14 +1,17 @@
 """Scale-out and failover through Kafka's group membership (``CONNECTOR_GROUP_ID``).
 
 Each subscription (exchange, channel, market) maps deterministically to a partition of
-the *assignment topic* (``crc32(key) % assignment_partitions``, the same on every
-replica). Every replica joins one consumer group on that topic; the partitions Kafka
-assigns to a replica are the subscriptions it owns. On a rebalance a replica first gives
-up what it lost (unsubscribe, read until the exchange confirms, publish what is held,
-wait for Kafka's acks), then takes what it gained: for each, the last record published
-(read back from its data topic) starts a gap (reason ``rebalance``), recovered as after
-any gap (trades backfilled from there, books resynced) by the new owner. A replica
-killed without warning loses its subscriptions after the group's session timeout.
+the *assignment topic* (``crc32(key) % partitions``, the same on every replica). Every
+replica joins one consumer group on that topic; the partitions Kafka assigns to a
+replica are the subscriptions it owns. The assignment is sticky (``connector.sticky``):
+a join or a leave moves only what must move, and a subscription that stays is not
+touched (no resubscribe, no gap). When one moves, the replica losing it unsubscribes,
+reads until the exchange confirms, publishes what is held, waits for Kafka's acks and
+records the release; the replica gaining it waits for that release (bounded) if the old
+holder is still in the group, then starts from the last record published (read back
+from the data topic): a gap (reason ``rebalance``) recovered as after any gap (trades
+backfilled from there, books resynced). A replica killed without warning is out of the
+group after the session timeout; its subscriptions are taken at once.
 
 Ownership is recorded on the assignment topic (JSON, key = subscription): ``acquired``
 and ``released`` with the replica id and time, for operators and the tests.
@@ -23,10 +26,16 @@ import socket
 import time
 import uuid
 import zlib
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.protocol import (
+    ConsumerProtocolMemberAssignment,
+    ConsumerProtocolMemberMetadata,
+)
 from aiokafka.errors import KafkaError
 
 from connector.avro import AvroDecoder
@@ -36,6 +45,7 @@ from connector.metrics import Metrics
 from connector.registry import SchemaRegistryClient
 from connector.settings import Settings
 from connector.sink import KafkaSink
+from connector.sticky import Member, assign
 from connector.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
@@ -54,6 +64,52 @@ def partition_of(pair: Pair, partitions: int) -> int:
 def assignment_topic(settings: Settings) -> str:
     assert settings.group_id is not None
     return settings.assignment_topic or f"{settings.group_id}.assignments"
+
+
+def _assignor(membership: Membership) -> type[AbstractPartitionAssignor]:
+    """The sticky assignor, bound to this replica (aiokafka assignors are classes)."""
+
+    class StickyAssignor(AbstractPartitionAssignor):  # type: ignore[misc]  # untyped base
+        name = "connector-sticky"
+        version = 0
+
+        @classmethod
+        def metadata(cls, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
+            data = {"replica": membership.replica, "held": sorted(membership.assigned_now)}
+            return ConsumerProtocolMemberMetadata(cls.version, list(topics), orjson.dumps(data))
+
+        @classmethod
+        def assign(
+            cls, cluster: Any, members: Mapping[str, ConsumerProtocolMemberMetadata]
+        ) -> dict[str, ConsumerProtocolMemberAssignment]:
+            topic = membership.topic
+            partitions = sorted(cluster.partitions_for_topic(topic) or ())
+            group = {}
+            for member_id, meta in members.items():
+                try:
+                    data = orjson.loads(meta.user_data)
+                    group[member_id] = Member(str(data["replica"]), frozenset(data["held"]))
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    group[member_id] = Member(member_id)  # a member we cannot read: fresh
+            return {
+                member_id: ConsumerProtocolMemberAssignment(
+                    cls.version,
+                    [(topic, a.partitions)],
+                    orjson.dumps({"previous": {str(p): r for p, r in a.previous.items()}}),
+                )
+                for member_id, a in assign(partitions, group).items()
+            }
+
+        @classmethod
+        def on_assignment(cls, assignment: ConsumerProtocolMemberAssignment) -> None:
+            try:
+                data = orjson.loads(assignment.user_data or b"{}")
+                previous = {int(p): str(r) for p, r in data.get("previous", {}).items()}
+            except (orjson.JSONDecodeError, AttributeError, ValueError):
+                previous = {}
+            membership.previous = previous
+
+    return StickyAssignor
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
@@ -96,6 +152,8 @@ class Membership:
         # The topic's real partition count maps subscriptions (every replica sees the
         # same topic, whatever each one's setting says).
         self.partitions = settings.assignment_partitions
+        self.assigned_now: set[int] = set()  # reported when rejoining (stickiness)
+        self.previous: dict[int, str] = {}  # moved partition → its live previous holder
         self.rebalances = 0
 
     def _pairs_of(self, partitions: set[int]) -> list[Pair]:
@@ -115,6 +173,7 @@ class Membership:
             auto_offset_reset="latest",
             session_timeout_ms=s.group_session_timeout_ms,
             heartbeat_interval_ms=max(300, s.group_session_timeout_ms // 5),
+            partition_assignment_strategy=(_assignor(self),),
             **self._client,
         )
         consumer.subscribe([self.topic], listener=_Listener(self))
@@ -158,8 +217,13 @@ class Membership:
                 await asyncio.sleep(1)
 
     async def leave(self) -> None:
-        """After the final drain: leaving hands our subscriptions over at once."""
+        """After the final drain: records the release, then leaves the group, which hands
+        our subscriptions over at once."""
         self._stopping = True
+        owned = sorted(self._supervisor.owned())
+        if owned:
+            await self._record(owned, "released")
+            await self._sink.flush(5.0)
         if self._consumer is not None:
             try:
                 await asyncio.wait_for(self._consumer.stop(), 10)
@@ -168,23 +232,23 @@ class Membership:
             self._consumer = None
 
     async def revoked(self, partitions: set[int]) -> None:
-        if self._stopping:
-            return
-        owned = self._supervisor.owned()
-        lost = [p for p in self._pairs_of(partitions) if p in owned]
-        if not lost:
-            return
-        log.info("group: giving up %d subscription(s)", len(lost))
-        await self._supervisor.release(lost)
-        if not await self._sink.flush(self._settings.shutdown_timeout_s):
-            log.error("group: records of released subscriptions still unacknowledged")
-        await self._record(lost, "released")
+        """Eager rebalancing takes everything first: keep running until the new
+        assignment says what really moves (the sticky assignor keeps most)."""
 
     async def assigned(self, partitions: set[int]) -> None:
         if self._stopping:
             return
         self.rebalances += 1
+        self.assigned_now = set(partitions)
         owned = self._supervisor.owned()
+        mine = set(self._pairs_of(partitions))
+        lost = sorted(p for p in owned if p not in mine)
+        if lost:
+            log.info("group: giving up %d subscription(s)", len(lost))
+            await self._supervisor.release(lost)
+            if not await self._sink.flush(self._settings.shutdown_timeout_s):
+                log.error("group: records of released subscriptions still unacknowledged")
+            await self._record(lost, "released")
         gained = [p for p in self._pairs_of(partitions) if p not in owned]
         log.info(
             "group: %d partition(s) assigned: %d subscription(s), %d new",
@@ -194,6 +258,7 @@ class Membership:
         )
         if not gained:
             return
+        await self._await_releases(gained)
         positions = await last_records(
             self._bootstrap,
             {p: self._topics[p] for p in gained},
@@ -209,6 +274,39 @@ class Membership:
         await self._supervisor.acquire(gained, positions)
         await self._record(gained, "acquired")
 
+    async def _await_releases(self, gained: list[Pair]) -> None:
+        """Subscriptions whose holder is still in the group: wait (bounded) until it has
+        released them, so no two live replicas publish the same subscription."""
+        n = self.partitions
+        waiting = {
+            subscription_key(*p): self.previous[partition_of(p, n)]
+            for p in gained
+            if partition_of(p, n) in self.previous
+        }
+        if not waiting:
+            return
+        bound = self._settings.unsubscribe_timeout_s + self._settings.shutdown_timeout_s
+        t0 = time.monotonic()
+        while waiting and time.monotonic() - t0 < bound:
+            try:
+                holders = await current_holders(self._bootstrap, self.topic, self._client)
+            except (KafkaError, OSError, TimeoutError) as exc:
+                log.warning("group: cannot read ownership records (%r); retrying", exc)
+                await asyncio.sleep(1)
+                continue
+            waiting = {k: r for k, r in waiting.items() if holders.get(k) == r}
+            if waiting:
+                await asyncio.sleep(0.2)
+        if waiting:
+            log.warning(
+                "group: %d subscription(s) not released by their holder within %.0fs; "
+                "taking them anyway",
+                len(waiting),
+                bound,
+            )
+        else:
+            log.info("group: holders released in %.1fs", time.monotonic() - t0)
+
     async def _record(self, pairs: list[Pair], event: str) -> None:
         now_us = time.time_ns() // 1000
         for pair in pairs:
@@ -217,3 +315,33 @@ class Membership:
                 {"replica": self.replica, "subscription": key, "event": event, "ts_us": now_us}
             )
             await self._sink.send(self.topic, key.encode(), value, [], self._route, time.time())
+
+
+async def current_holders(bootstrap: str, topic: str, client: dict[str, Any]) -> dict[str, str]:
+    """subscription key → the replica whose ``acquired`` is its latest ownership record
+    (the assignment topic read from the start: it is small)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, **client)
+    await consumer.start()
+    held: dict[str, tuple[int, str, str]] = {}
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        if not parts:
+            return {}
+        consumer.assign(parts)
+        ends = await consumer.end_offsets(parts)
+        await consumer.seek_to_beginning(*parts)
+        remaining = {tp for tp, end in ends.items() if end > 0}
+        async with asyncio.timeout(10):
+            while remaining:
+                batch = await consumer.getmany(*remaining, timeout_ms=500)
+                for tp, msgs in batch.items():
+                    for m in msgs:
+                        r = orjson.loads(m.value)
+                        prior = held.get(r["subscription"])
+                        if prior is None or r["ts_us"] >= prior[0]:
+                            held[r["subscription"]] = (r["ts_us"], r["event"], r["replica"])
+                        if m.offset >= ends[tp] - 1:
+                            remaining.discard(tp)
+    finally:
+        await consumer.stop()
+    return {k: replica for k, (_, event, replica) in held.items() if event == "acquired"}

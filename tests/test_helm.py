@@ -128,6 +128,14 @@ def test_configmap_holds_only_real_settings(helm: str) -> None:
         assert not set(secret) & set(data)  # secrets never in the ConfigMap
 
 
+def test_scale_out_replicas_roll_and_spread(helm: str) -> None:
+    deployment = by_kind(render(helm, ALL_FEATURES))["Deployment"]
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
+    anti = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    assert anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["weight"] == 100
+
+
 def test_values_schema_rejects_mistakes(helm: str, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("config:\n  MARKETS: btcusd\nterminationGracePeriodSeconds: 10\n")
@@ -140,3 +148,13 @@ def test_values_schema_rejects_mistakes(helm: str, tmp_path: Path) -> None:
     )
     assert r.returncode != 0
     assert "terminationGracePeriodSeconds" in r.stderr and "MARKETS" in r.stderr
+    unsafe = tmp_path / "unsafe.yaml"
+    unsafe.write_text("replicaCount: 2\n")  # two replicas without a group: duplicates
+    r = subprocess.run(
+        [helm, "template", "rel", str(CHART), "-f", str(unsafe)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode != 0 and "CONNECTOR_GROUP_ID" in r.stderr

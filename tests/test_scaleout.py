@@ -158,3 +158,60 @@ def check_trades_complete_for(sim: Simulator, market: str, trades: list[dict[str
     made |= {int(i) for i in sim.unsent_trades[market]}
     expected = {i for i in made if ids[0] <= i <= ids[-1]}
     assert set(ids) == expected, f"{market}: missing {sorted(expected - set(ids))[:10]}"
+
+
+async def test_scaling_from_one_to_three_and_back_loses_nothing(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    sim = Simulator(markets=MARKETS, rate=10, record=True, idle_trade_rate=10)
+    await sim.start()
+    env = group_env(broker, sim, topic_prefix)
+    topic = f"{topic_prefix}-group.assignments"
+    try:
+        async with connector_process(env, tmp_path / "first") as first:
+            await joined([first])
+            await until_owned(broker.bootstrap, topic, 1)
+            t0 = time.monotonic()
+            async with AsyncExitStack() as stack:
+                more = [
+                    await stack.enter_async_context(connector_process(env, tmp_path / f"r{i}"))
+                    for i in (2, 3)
+                ]
+                await joined(more)
+                await until_owned(broker.bootstrap, topic, 3)
+                up_s = time.monotonic() - t0
+                await asyncio.sleep(3)
+                t1 = time.monotonic()
+                for r in more:
+                    assert await r.stop() == 0  # SIGTERM: release, drain, leave the group
+            held = await until_owned(broker.bootstrap, topic, 1)
+            down_s = time.monotonic() - t1
+            assert set(held) == SUBS
+            await asyncio.sleep(3)
+            assert await first.stop() == 0
+        records = await ownership(broker.bootstrap, topic)
+        consumed = await consume_until(
+            broker.bootstrap,
+            rf"^{topic_prefix}\.bitstamp\.(live_trades\..*|live_orders\..*)$",
+            10**9,
+            idle_s=3,
+        )
+    finally:
+        await sim.stop()
+    owners(records)  # never two live owners of one subscription
+    moves = sum(1 for r in records if r["event"] == "released")
+    assert moves > 0
+    for market in MARKETS:
+        trades = [
+            r for _, _, _, r in consumed.by_topic[f"{topic_prefix}.bitstamp.live_trades.{market}"]
+        ]
+        check_trades_complete_for(sim, market, trades)
+        orders = [
+            r["exchange_ts_us"]
+            for _, _, _, r in consumed.by_topic[f"{topic_prefix}.bitstamp.live_orders.{market}"]
+        ]
+        assert len(orders) == len(set(orders)), f"{market}: an order event published twice"
+    print(
+        f"scale 1→3 in {up_s:.1f}s and 3→1 in {down_s:.1f}s: {moves} clean releases, "
+        "no subscription owned twice, trades complete, no order event twice"
+    )
