@@ -94,9 +94,7 @@ class KafkaSink:
 
             try:
                 config = rdkafka_config(settings, bootstrap_servers, client_options(settings))
-                self._producer = RdKafkaProducer(
-                    config, settings.kafka_request_timeout_ms / 1000
-                )
+                self._producer = RdKafkaProducer(config, settings.kafka_request_timeout_ms / 1000)
             except ImportError as exc:
                 raise ConfigError(
                     "CONNECTOR_KAFKA_CLIENT=librdkafka needs confluent-kafka: "
