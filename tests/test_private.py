@@ -180,9 +180,11 @@ async def test_a_wrong_secret_is_one_clear_error_and_a_bounded_retry(
     finally:
         await sim.stop()
     # one token request per retry round (2 s backoff) for all five private channels
-    assert 1 <= sim.token_requests <= 5 and failures == sim.token_requests
+    errors = [line for line in log.splitlines() if "no WebSocket token" in line]
+    assert 1 <= sim.token_requests <= 5
+    assert sim.token_requests - 1 <= len(errors) <= sim.token_requests  # one line per round
+    assert failures >= 1  # counted (read before the last round could finish)
     assert sim.private_refused == 0  # never subscribed without a token
-    first = next(line for line in log.splitlines() if "no WebSocket token" in line)
-    assert "Invalid signature" in first and "retrying in 2s" in first
+    assert all("Invalid signature" in e and "retrying in 2s" in e for e in errors)
     assert "not-the-secret" not in log
     print(f"wrong secret: {sim.token_requests} token request(s) in 5 s, one error line each")
