@@ -97,9 +97,14 @@ def main(argv: list[str] | None = None) -> int:
                     idle_timeout_s=args.idle_timeout,
                 )
             )
+        settings = _settings(args)
+        if settings.workers > 1:
+            from connector.workers import run_workers
+
+            return asyncio.run(run_workers(settings, args.config))
         from connector.app import run
 
-        return asyncio.run(run(_settings(args)))
+        return asyncio.run(run(settings))
     except ConfigError as exc:
         print(f"connector: {exc}", file=sys.stderr)
         return 2

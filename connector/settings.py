@@ -157,6 +157,13 @@ class Settings(BaseSettings):
         description="Partitions of the assignment topic: the unit of ownership (same value "
         "on every replica).",
     )
+    workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Worker processes in this replica (one core each); more than 1 needs "
+        "CONNECTOR_GROUP_ID: the workers share the subscriptions like replicas do.",
+    )
     group_session_timeout_ms: int = Field(
         default=10000,
         ge=1000,
@@ -523,6 +530,15 @@ class Settings(BaseSettings):
             raise ValueError(
                 "private_channels (CONNECTOR_PRIVATE_CHANNELS) need BITSTAMP_API_KEY, "
                 "BITSTAMP_API_SECRET and BITSTAMP_USER_ID"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> Settings:
+        if self.workers > 1 and not self.group_id:
+            raise ValueError(
+                "workers (CONNECTOR_WORKERS) > 1 needs group_id (CONNECTOR_GROUP_ID): the "
+                "workers share the subscriptions through the consumer group"
             )
         return self
 

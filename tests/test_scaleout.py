@@ -4,6 +4,8 @@ consumer group on a real broker (the embedded one rebalances in about 5 s)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -215,3 +217,44 @@ async def test_scaling_from_one_to_three_and_back_loses_nothing(
         f"scale 1→3 in {up_s:.1f}s and 3→1 in {down_s:.1f}s: {moves} clean releases, "
         "no subscription owned twice, trades complete, no order event twice"
     )
+
+
+async def test_worker_processes_share_the_subscriptions(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """CONNECTOR_WORKERS=3: one command, three processes in the group; a worker killed is
+    restarted and its subscriptions come back; SIGTERM to the parent drains them all."""
+    sim = Simulator(markets=MARKETS, rate=5, record=True, idle_trade_rate=5)
+    await sim.start()
+    env = {**group_env(broker, sim, topic_prefix), "CONNECTOR_WORKERS": "3"}
+    topic = f"{topic_prefix}-group.assignments"
+    try:
+        async with connector_process(env, tmp_path) as parent:
+            async with asyncio.timeout(60):
+                while parent.log().count(" joined (topic") < 3:
+                    assert parent.proc.returncode is None, parent.log()[-2000:]
+                    await asyncio.sleep(0.2)
+            held = await until_owned(broker.bootstrap, topic, 3)
+            pids = {int(r.split("-")[-2]) for r in held.values()}
+            assert parent.proc.pid not in pids and len(pids) == 3  # the children run them
+            victim = next(iter(pids))
+            os.kill(victim, signal.SIGKILL)
+            async with asyncio.timeout(60):
+                while "worker" not in parent.log() or "restarting" not in parent.log():
+                    await asyncio.sleep(0.2)
+            dead = frozenset(r for r in held.values() if int(r.split("-")[-2]) == victim)
+            await until_owned(broker.bootstrap, topic, 3, within=90, dead=dead)
+            assert await parent.stop() == 0
+            log = parent.log()
+        consumed = await consume_until(
+            broker.bootstrap, rf"^{topic_prefix}\.bitstamp\.live_trades\..*", 10**9, idle_s=3
+        )
+    finally:
+        await sim.stop()
+    assert log.count("unsubscription(s) confirmed; drained") >= 3  # every worker drained
+    for market in MARKETS:
+        trades = [
+            r for _, _, _, r in consumed.by_topic[f"{topic_prefix}.bitstamp.live_trades.{market}"]
+        ]
+        check_trades_complete_for(sim, market, trades)
+    print("3 worker processes: subscriptions shared, a killed worker restarted, trades complete")
