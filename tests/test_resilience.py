@@ -82,7 +82,7 @@ def first_copies(records: list[dict[str, Any]], key: str) -> tuple[list[dict[str
 
 
 def check_trades_complete(
-    sim: Simulator, trades: list[dict[str, Any]], *, redelivered: int = 0
+    sim: Simulator, trades: list[dict[str, Any]], *, redelivered: int = 0, market: str = "btcusd"
 ) -> tuple[int, int]:
     """Every trade the exchange made between the first and the last one in Kafka is there
     once, in order (before the first subscription is out of scope: that is a restart
@@ -92,8 +92,8 @@ def check_trades_complete(
     assert copies <= redelivered, f"{copies} duplicate trades"
     ids = [int(t["trade_id"]) for t in trades]
     assert ids == sorted(ids), "trade order broken"
-    made = {int(f["data"]["id_str"]) for f in sim.frames[("live_trades", "btcusd")]}
-    made |= {int(i) for i in sim.unsent_trades["btcusd"]}
+    made = {int(f["data"]["id_str"]) for f in sim.frames[("live_trades", market)]}
+    made |= {int(i) for i in sim.unsent_trades[market]}
     expected = {i for i in made if ids[0] <= i <= ids[-1]}
     assert set(ids) == expected, f"missing {sorted(expected - set(ids))[:10]}"
     backfilled = sum(t["backfilled"] for t in trades)

@@ -19,7 +19,7 @@ from connector.bitstamp.protocol import CHANNELS, plan_subscriptions
 from connector.simulate import Simulator
 from tests.conftest import Broker
 from tests.harness import Running, connector_process, consume_until
-from tests.test_resilience import env_for
+from tests.test_resilience import check_trades_complete, env_for
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +140,7 @@ async def test_three_replicas_own_each_subscription_once_and_survive_a_sigkill(
         trades = [
             r for _, _, _, r in consumed.by_topic[f"{topic_prefix}.bitstamp.live_trades.{market}"]
         ]
-        check_trades_complete_for(sim, market, trades)
+        check_trades_complete(sim, trades, market=market)
     statuses = [r for _, _, _, r in consumed.by_topic[f"{topic_prefix}.bitstamp.status"]]
     rebalance = {
         f"bitstamp:{s['channel']}:{s['market']}" for s in statuses if s["reason"] == "rebalance"
@@ -150,16 +150,6 @@ async def test_three_replicas_own_each_subscription_once_and_survive_a_sigkill(
         f"3 replicas: {len(SUBS)} subscriptions owned once each; SIGKILL of one moved "
         f"{len(moved)} in {failover_s:.1f}s (session timeout 6 s); trades complete"
     )
-
-
-def check_trades_complete_for(sim: Simulator, market: str, trades: list[dict[str, Any]]) -> None:
-    ids = [int(t["trade_id"]) for t in trades]
-    assert ids == sorted(ids), f"{market}: trade order broken"
-    assert len(ids) == len(set(ids)), f"{market}: duplicate trades"
-    made = {int(f["data"]["id_str"]) for f in sim.frames[("live_trades", market)]}
-    made |= {int(i) for i in sim.unsent_trades[market]}
-    expected = {i for i in made if ids[0] <= i <= ids[-1]}
-    assert set(ids) == expected, f"{market}: missing {sorted(expected - set(ids))[:10]}"
 
 
 async def test_scaling_from_one_to_three_and_back_loses_nothing(
@@ -207,7 +197,7 @@ async def test_scaling_from_one_to_three_and_back_loses_nothing(
         trades = [
             r for _, _, _, r in consumed.by_topic[f"{topic_prefix}.bitstamp.live_trades.{market}"]
         ]
-        check_trades_complete_for(sim, market, trades)
+        check_trades_complete(sim, trades, market=market)
         orders = [
             r["exchange_ts_us"]
             for _, _, _, r in consumed.by_topic[f"{topic_prefix}.bitstamp.live_orders.{market}"]
@@ -256,5 +246,5 @@ async def test_worker_processes_share_the_subscriptions(
         trades = [
             r for _, _, _, r in consumed.by_topic[f"{topic_prefix}.bitstamp.live_trades.{market}"]
         ]
-        check_trades_complete_for(sim, market, trades)
+        check_trades_complete(sim, trades, market=market)
     print("3 worker processes: subscriptions shared, a killed worker restarted, trades complete")
