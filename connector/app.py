@@ -278,6 +278,8 @@ def _refresh_sink_gauges(metrics: Metrics, sink: KafkaSink) -> None:
 
 def _refresh_sub_gauges(metrics: Metrics, supervisor: Supervisor) -> None:
     now = time.monotonic()
-    for sub in supervisor.subscriptions():
+    subs = supervisor.subscriptions()
+    metrics.subscriptions_live.labels(EXCHANGE).set(sum(1 for s in subs if s.confirmed))
+    for sub in subs:
         gauge = metrics.last_event_age.labels(EXCHANGE, sub.channel, sub.market)
         gauge.set(now - sub.last_event if sub.confirmed else float("nan"))

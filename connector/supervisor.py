@@ -153,10 +153,6 @@ class Connection:
         self.connected = False
         self._invalid = 0
 
-    @property
-    def live(self) -> int:
-        return sum(1 for s in self.subs.values() if s.confirmed)
-
     # --- subscriptions that come and go (scale-out: ownership moves between replicas) ----
     async def add(self, subs: list[SubState]) -> None:
         """Takes on subscriptions; subscribes them now if connected (else the next
@@ -169,7 +165,6 @@ class Connection:
             # If the connection drops meanwhile, the next session subscribes them.
             with contextlib.suppress(ConnectionClosed):
                 await self._subscribe_all(link.ws, subs, time.monotonic())
-        self._update_live_gauge()
 
     async def remove(self, names: list[str], deadline_s: float) -> None:
         """Gives up subscriptions: unsubscribes, keeps reading until the exchange confirms
@@ -197,7 +192,6 @@ class Connection:
             sub.confirmed = False
             self.subs.pop(sub.name, None)
             self._by_pair.pop((sub.channel, sub.market), None)
-        self._update_live_gauge()
 
     async def run(self, stop: asyncio.Event) -> None:
         s = self._settings
@@ -243,7 +237,6 @@ class Connection:
                 self._metrics.reconnects.labels(EXCHANGE, reason).inc()
                 last_frame = self._last_frame_ts or time.time()
                 self.gaps.lost(list(self.subs.values()), reason, int(last_frame * 1_000_000))
-                self._update_live_gauge()
                 if stop.is_set():
                     return
                 # A connection that stayed up a while was healthy: start the backoff afresh.
@@ -669,10 +662,17 @@ class Connection:
         if sub is not None:
             if link.dedup is not None:
                 dedup = link.dedup.get(sub.name)
-                if dedup is not None and not dedup.keep(msg):
-                    self._metrics.duplicates.labels(EXCHANGE, sub.channel).inc()
-                    self._metrics.events_dropped.labels(EXCHANGE, sub.channel, "duplicate").inc()
-                    return
+                if dedup is not None:
+                    if not dedup.keep(msg):
+                        self._metrics.duplicates.labels(EXCHANGE, sub.channel).inc()
+                        self._metrics.events_dropped.labels(
+                            EXCHANGE, sub.channel, "duplicate"
+                        ).inc()
+                        return
+                    if dedup.done:  # past the overlap: no more lookups on the hot path
+                        del link.dedup[sub.name]
+                        if not link.dedup:
+                            link.dedup = None
             sub.last_event = time.monotonic()
             if sub.recovering and self.gaps.full(sub):
                 await self.gaps.overflow(sub)
@@ -721,7 +721,6 @@ class Connection:
             sub = self.subs.get(msg.channel)
             if sub is not None:
                 sub.confirmed = False
-                self._update_live_gauge()
             self._unsubscribed.set()
             if self._drained is not None and not any(s.confirmed for s in self.subs.values()):
                 self._drained.set()
@@ -758,7 +757,6 @@ class Connection:
         sub.confirmed = True
         sub.last_event = time.monotonic()
         log.info("[conn %d %s] subscribed %s", self.index, link.cid, sub.name)
-        self._update_live_gauge()
         self.gaps.live(sub)
 
     def _exchange_error(self, msg: ExchangeError, link: _Link) -> None:
@@ -785,9 +783,6 @@ class Connection:
             why,
             self._settings.resubscribe_backoff_s,
         )
-
-    def _update_live_gauge(self) -> None:
-        self._metrics.subscriptions_live.labels(EXCHANGE).set(self.live)
 
     # --- liveness ----------------------------------------------------------------------
     async def _watch(self, link: _Link) -> None:

@@ -75,6 +75,7 @@ async def test_probes_and_metrics_follow_the_stream(
             age = 'connector_last_event_age_seconds{channel="live_orders"'
             assert 0 <= sample(second, age) < 2
             assert sample(second, "connector_kafka_buffer_fill_ratio") < 1
+            assert sample(second, 'connector_subscriptions_live{exchange="bitstamp"}') == 2
 
             await sim.fault("mute_hard", channel="live_orders_btcusd")  # the feed stalls
             stalled = await readyz_until(conn, 503)
