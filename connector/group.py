@@ -154,6 +154,8 @@ class Membership:
         self.partitions = settings.assignment_partitions
         self.assigned_now: set[int] = set()  # reported when rejoining (stickiness)
         self.previous: dict[int, str] = {}  # moved partition → its live previous holder
+        self._generation = 0
+        self._reconcile_wanted = asyncio.Event()
         self.rebalances = 0
 
     def _pairs_of(self, partitions: set[int]) -> list[Pair]:
@@ -209,12 +211,19 @@ class Membership:
             self.topic,
             self.partitions,
         )
-        while not stop.is_set():
-            try:
-                await consumer.getmany(timeout_ms=500)  # drives heartbeats and rebalances
-            except KafkaError as exc:
-                log.warning("group %s: %r; staying in the group", s.group_id, exc)
-                await asyncio.sleep(1)
+        reconcile = asyncio.create_task(self._reconcile_loop(), name="group-reconcile")
+        try:
+            while not stop.is_set():
+                if reconcile.done():  # a failure there must not go unnoticed
+                    reconcile.result()
+                try:
+                    await consumer.getmany(timeout_ms=500)  # drives heartbeats and rebalances
+                except KafkaError as exc:
+                    log.warning("group %s: %r; staying in the group", s.group_id, exc)
+                    await asyncio.sleep(1)
+        finally:
+            reconcile.cancel()
+            await asyncio.gather(reconcile, return_exceptions=True)
 
     async def leave(self) -> None:
         """After the final drain: records the release, then leaves the group, which hands
@@ -234,49 +243,65 @@ class Membership:
     async def revoked(self, partitions: set[int]) -> None:
         """Eager rebalancing takes everything first: keep running until the new
         assignment says what really moves (the sticky assignor keeps most)."""
+        self._generation += 1  # a reconcile still waiting is for an old assignment
 
     async def assigned(self, partitions: set[int]) -> None:
-        if self._stopping:
-            return
+        """Returns at once (a listener that blocks stops the heartbeats and gets the
+        replica thrown out of the group); the reconcile task does the work."""
+        self._generation += 1
         self.rebalances += 1
         self.assigned_now = set(partitions)
-        owned = self._supervisor.owned()
-        mine = set(self._pairs_of(partitions))
-        lost = sorted(p for p in owned if p not in mine)
-        if lost:
-            log.info("group: giving up %d subscription(s)", len(lost))
-            await self._supervisor.release(lost)
-            if not await self._sink.flush(self._settings.shutdown_timeout_s):
-                log.error("group: records of released subscriptions still unacknowledged")
-            await self._record(lost, "released")
-        gained = [p for p in self._pairs_of(partitions) if p not in owned]
-        log.info(
-            "group: %d partition(s) assigned: %d subscription(s), %d new",
-            len(partitions),
-            len(self._pairs_of(partitions)),
-            len(gained),
-        )
-        if not gained:
-            return
-        await self._await_releases(gained)
-        positions = await last_records(
-            self._bootstrap,
-            {p: self._topics[p] for p in gained},
-            self._decoder,
-            self._registry,
-            client=self._client,
-        )
-        log.info(
-            "group: taking %d subscription(s) (%d with a published history)",
-            len(gained),
-            len(positions),
-        )
-        await self._supervisor.acquire(gained, positions)
-        await self._record(gained, "acquired")
+        self._reconcile_wanted.set()
 
-    async def _await_releases(self, gained: list[Pair]) -> None:
+    async def _reconcile_loop(self) -> None:
+        """Makes what this replica runs match its latest assignment: first gives up what
+        it lost, then takes what it gained (after its live holder released it)."""
+        while True:
+            await self._reconcile_wanted.wait()
+            self._reconcile_wanted.clear()
+            if self._stopping:
+                return
+            generation = self._generation
+            mine = set(self._pairs_of(self.assigned_now))
+            owned = self._supervisor.owned()
+            lost = sorted(p for p in owned if p not in mine)
+            if lost:
+                log.info("group: giving up %d subscription(s)", len(lost))
+                await self._supervisor.release(lost)
+                if not await self._sink.flush(self._settings.shutdown_timeout_s):
+                    log.error("group: records of released subscriptions still unacknowledged")
+                await self._record(lost, "released")
+            gained = sorted(p for p in mine if p not in owned)
+            log.info(
+                "group: %d partition(s) assigned: %d subscription(s), %d new",
+                len(self.assigned_now),
+                len(mine),
+                len(gained),
+            )
+            if not gained or not await self._await_releases(gained, generation):
+                continue  # nothing to take, or the assignment changed meanwhile
+            positions = await last_records(
+                self._bootstrap,
+                {p: self._topics[p] for p in gained},
+                self._decoder,
+                self._registry,
+                client=self._client,
+            )
+            if generation != self._generation or self._stopping:
+                self._reconcile_wanted.set()
+                continue
+            log.info(
+                "group: taking %d subscription(s) (%d with a published history)",
+                len(gained),
+                len(positions),
+            )
+            await self._supervisor.acquire(gained, positions)
+            await self._record(gained, "acquired")
+
+    async def _await_releases(self, gained: list[Pair], generation: int) -> bool:
         """Subscriptions whose holder is still in the group: wait (bounded) until it has
-        released them, so no two live replicas publish the same subscription."""
+        released them, so no two live replicas publish the same subscription. False if
+        the assignment changed meanwhile (the loop starts over)."""
         n = self.partitions
         waiting = {
             subscription_key(*p): self.previous[partition_of(p, n)]
@@ -284,10 +309,13 @@ class Membership:
             if partition_of(p, n) in self.previous
         }
         if not waiting:
-            return
+            return True
         bound = self._settings.unsubscribe_timeout_s + self._settings.shutdown_timeout_s
         t0 = time.monotonic()
         while waiting and time.monotonic() - t0 < bound:
+            if generation != self._generation or self._stopping:
+                self._reconcile_wanted.set()
+                return False
             try:
                 holders = await current_holders(self._bootstrap, self.topic, self._client)
             except (KafkaError, OSError, TimeoutError) as exc:
@@ -306,6 +334,7 @@ class Membership:
             )
         else:
             log.info("group: holders released in %.1fs", time.monotonic() - t0)
+        return generation == self._generation
 
     async def _record(self, pairs: list[Pair], event: str) -> None:
         now_us = time.time_ns() // 1000
