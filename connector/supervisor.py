@@ -307,14 +307,16 @@ class Connection:
             self._settings.bitstamp_ws_url,
         )
         try:
-            await self._subscribe_all(link.ws, list(self.subs.values()), time.monotonic())
+            # Reading starts first: confirmations and events are taken as they come, even
+            # while private channels wait for their token.
+            link.reader = asyncio.create_task(self._read(link), name=f"read-{self.index}")
             log.info(
                 "[conn %d %s] subscribing to %d channel(s)",
                 self.index,
                 self.connection_id,
                 len(self.subs),
             )
-            link.reader = asyncio.create_task(self._read(link), name=f"read-{self.index}")
+            await self._subscribe_all(link.ws, list(self.subs.values()), time.monotonic())
             while True:
                 successor = await self._serve(link, stop)
                 if successor is None:
@@ -560,9 +562,17 @@ class Connection:
             sub.retry_at = 0.0
             sub.silent_warned = False
             sub.stale_resubscribed = False
-        frames, failed, error = await self._subscribe_frames(subs)
-        for _, frame in frames:
-            await ws.send(frame)
+        # Public channels go first: a slow token endpoint must not hold them back.
+        public = [sub for sub in subs if not is_private(sub.name)]
+        private = [sub for sub in subs if is_private(sub.name)]
+        failed: list[SubState] = []
+        error = ""
+        for group in (public, private):
+            frames, missing, why = await self._subscribe_frames(group)
+            for _, frame in frames:
+                await ws.send(frame)
+            failed += missing
+            error = error or why
         if failed:
             self._metrics.auth_failures.labels(EXCHANGE).inc()
             retry = self._settings.resubscribe_backoff_s
