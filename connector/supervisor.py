@@ -494,7 +494,7 @@ class Connection:
             outcome = "switched"
         else:
             last_us = int((old.last_frame_ts or time.time()) * 1_000_000)
-            self.gaps.lost(list(self.subs.values()), f"handover_{reason}", last_us)
+            self.gaps.lost(list(self.subs.values()), reason, last_us)
             outcome = "gap"
         for sub in self.subs.values():
             if sub.name in new.confirmed and not sub.confirmed:
