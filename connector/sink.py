@@ -23,8 +23,9 @@ Design (after aiokafka's accumulator/sender split):
   when it is empty. ``close`` spools what is unacknowledged; the next start replays it.
   Full spool: ``block`` (wait) or ``drop_oldest`` (counted).
 - Write-ahead mode (``spool_write_ahead``): every record is appended to the spool
-  (flushed to the OS) before anything else and reaches Kafka through the replay path,
-  so a SIGKILL loses nothing that was received; the spool's saved watermark bounds what
+  (flushed to the OS) before it is sent, so a SIGKILL loses nothing that was received.
+  When nothing waits on disk it is sent from memory at once; otherwise it queues behind
+  the spooled records and the replay sends it. The spool's saved watermark bounds what
   the next start sends twice.
 - ``close`` flushes within a deadline, then stops the producer within a deadline;
   records still unacknowledged are spooled (or, without a spool, logged and counted as
@@ -327,26 +328,12 @@ class KafkaSink:
             raise DeliveryError("sink is closed", retriable=False)
         self._routes_by_topic[topic] = route
         if self._write_ahead:
-            srec = SpooledRecord(topic, key, value, tuple(headers), receive_ts)
-            pos = None
-            if not (self._spooling or self._slots.locked()):
-                try:
-                    # On disk first; sent from memory (no read-back) when nothing waits.
-                    pos = self._spool.append_handed(srec)  # type: ignore[union-attr]
-                except SpoolFull:
-                    pos = None
-                else:
-                    self.spooled += 1
-                    self._metrics.spooled.inc()
-                    if pos is None:  # older records wait on disk: this one behind them
-                        self._spooling = True
-                        self._replay_wanted.set()
-                        return
-            if pos is None:
-                await self._to_spool(srec)  # behind what waits on disk, via the replay
-                return
-            await self._slots.acquire()  # free: checked above, nothing ran since
-            await self._accept(topic, key, value, headers, route, receive_ts, spool_pos=pos)
+            pos = await self._spool_first(
+                SpooledRecord(topic, key, value, tuple(headers), receive_ts)
+            )
+            if pos is not None:  # on disk, and nothing waits before it: send it now
+                await self._slots.acquire()  # free: checked, and nothing ran since
+                await self._accept(topic, key, value, headers, route, receive_ts, spool_pos=pos)
             return
         if self._spool is None or not (self._spooling or self._slots.locked()):
             await self._slots.acquire()  # the common case: a slot is free
@@ -397,6 +384,26 @@ class KafkaSink:
             heapq.heappush(self._retry, rec)
         else:
             await self._submit(rec)
+
+    async def _spool_first(self, rec: SpooledRecord) -> tuple[int, int] | None:
+        """Puts ``rec`` on disk. Its position if it can be sent from memory at once (a
+        slot is free and nothing waits on disk); None if it queues behind spooled records
+        (the replay sends it)."""
+        assert self._spool is not None
+        if self._spooling or self._slots.locked():
+            await self._to_spool(rec)
+            return None
+        try:
+            pos = self._spool.append_handed(rec)
+        except SpoolFull:
+            await self._to_spool(rec)  # the full-spool policy applies
+            return None
+        self.spooled += 1
+        self._metrics.spooled.inc()
+        if pos is None:  # unread records before it: it waits for the replay
+            self._spooling = True
+            self._replay_wanted.set()
+        return pos
 
     async def _to_spool(self, rec: SpooledRecord) -> None:
         assert self._spool is not None
@@ -454,7 +461,6 @@ class KafkaSink:
                     spool_pos=pos,
                 )
             self._spool_space.set()
-            self._metrics.spool_bytes.set(spool.bytes)
             if not batch and not spool.has_unread():
                 # Nothing left: newer records may go straight to Kafka again. No await
                 # between the check and the switch, so no record can slip in between.
@@ -596,14 +602,12 @@ class KafkaSink:
         while True:
             await asyncio.sleep(self._settings.spool_watermark_interval_s)
             self._spool.save_watermark()
-            self._metrics.spool_bytes.set(self._spool.bytes)
 
     async def _watchdog(self) -> None:
         limit = self._settings.kafka_send_timeout_s
         last_report = 0.0
         while True:
             await asyncio.sleep(min(limit, 5.0))
-            self._metrics.in_flight.set(self._pending)
             oldest = next(iter(self._unacked.values()), None)
             now = time.monotonic()
             if (
