@@ -6,6 +6,21 @@ from typing import Any
 
 import orjson
 
+
+def header(channel: str, ts: int, sequence: int = 0) -> dict[str, Any]:
+    """The fields every normalized event carries, for building events in tests."""
+    return {
+        "exchange": "bitstamp",
+        "market": "btcusd",
+        "channel": channel,
+        "exchange_ts_us": ts,
+        "exchange_ts_raw": str(ts),
+        "receive_ts_us": ts,
+        "connection_id": "c",
+        "sequence": sequence,
+    }
+
+
 TRADE = {
     "data": {
         "id": 316_811_409,

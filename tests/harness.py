@@ -21,6 +21,14 @@ from connector.embedded import free_port
 from connector.registry import SchemaRegistryClient
 
 
+def metric_value(text: str, line_start: str) -> float | None:
+    """The value of the first /metrics line that starts with ``line_start``."""
+    for line in text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 @dataclass
 class Running:
     proc: asyncio.subprocess.Process

@@ -14,6 +14,7 @@ from connector.bitstamp.gaps import Gaps, SubState
 from connector.bitstamp.recovery import RecentTrades
 from connector.events import OrderEvent, OrderEventType, Side
 from connector.metrics import Metrics
+from tests.frames import header
 
 
 class Recorder:
@@ -29,14 +30,7 @@ class Recorder:
 
 def order(i: int) -> OrderEvent:
     return OrderEvent(
-        exchange="bitstamp",
-        market="btcusd",
-        channel="live_orders",
-        exchange_ts_us=i,
-        exchange_ts_raw=str(i),
-        receive_ts_us=i,
-        connection_id="c",
-        sequence=i,
+        **header("live_orders", i, i),
         event_type=OrderEventType.CREATED,
         order_id=str(i),
         side=Side.BUY,

@@ -12,38 +12,17 @@ from hypothesis import strategies as st
 
 from connector.events import BookSnapshot, MarketEvent, Side, Trade
 from connector.handover import Tail
+from tests.frames import header
 
 
 def trade(i: int, ts: int) -> Trade:
     return Trade(
-        exchange="bitstamp",
-        market="btcusd",
-        channel="live_trades",
-        exchange_ts_us=ts,
-        exchange_ts_raw=str(ts),
-        receive_ts_us=ts,
-        connection_id="c",
-        sequence=i,
-        trade_id=str(i),
-        price="1",
-        amount="1",
-        side=Side.BUY,
+        **header("live_trades", ts, i), trade_id=str(i), price="1", amount="1", side=Side.BUY
     )
 
 
 def book(ts: int) -> BookSnapshot:
-    return BookSnapshot(
-        exchange="bitstamp",
-        market="btcusd",
-        channel="order_book",
-        exchange_ts_us=ts,
-        exchange_ts_raw=str(ts),
-        receive_ts_us=ts,
-        connection_id="c",
-        sequence=0,
-        bids=(),
-        asks=(),
-    )
+    return BookSnapshot(**header("order_book", ts), bids=(), asks=())
 
 
 def switch(stream: list[MarketEvent], barrier: int, start: int) -> list[MarketEvent]:

@@ -49,8 +49,12 @@ def helm() -> str:
     return str(binary)
 
 
+def helm_run(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
 def run(helm: str, *args: str) -> str:
-    r = subprocess.run([helm, *args], capture_output=True, text=True, timeout=120, check=False)
+    r = helm_run(helm, *args)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 
@@ -139,22 +143,10 @@ def test_scale_out_replicas_roll_and_spread(helm: str) -> None:
 def test_values_schema_rejects_mistakes(helm: str, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("config:\n  MARKETS: btcusd\nterminationGracePeriodSeconds: 10\n")
-    r = subprocess.run(
-        [helm, "template", "rel", str(CHART), "-f", str(bad)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    r = helm_run(helm, "template", "rel", str(CHART), "-f", str(bad))
     assert r.returncode != 0
     assert "terminationGracePeriodSeconds" in r.stderr and "MARKETS" in r.stderr
     unsafe = tmp_path / "unsafe.yaml"
     unsafe.write_text("replicaCount: 2\n")  # two replicas without a group: duplicates
-    r = subprocess.run(
-        [helm, "template", "rel", str(CHART), "-f", str(unsafe)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    r = helm_run(helm, "template", "rel", str(CHART), "-f", str(unsafe))
     assert r.returncode != 0 and "CONNECTOR_GROUP_ID" in r.stderr

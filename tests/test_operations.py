@@ -12,7 +12,7 @@ import pytest
 
 from connector.simulate import Simulator
 from tests.conftest import Broker
-from tests.harness import Running, connector_process
+from tests.harness import Running, connector_process, metric_value
 from tests.test_resilience import env_for
 
 pytestmark = pytest.mark.integration
@@ -37,10 +37,9 @@ async def readyz_until(conn: Running, status: int, within: float = 30) -> dict[s
 
 
 def sample(text: str, line_start: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {line_start} in /metrics")
+    value = metric_value(text, line_start)
+    assert value is not None, f"no {line_start} in /metrics"
+    return value
 
 
 async def test_probes_and_metrics_follow_the_stream(

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 
 from connector.simulate import Simulator
 from tests.conftest import Broker
-from tests.harness import Running, connector_process, consume_until
+from tests.harness import Running, connector_process, consume_until, metric_value
 
 pytestmark = pytest.mark.integration
 
@@ -47,10 +47,8 @@ async def metric(conn: Running, line_start: str) -> float:
     except httpx.TransportError:
         assert conn.proc.returncode is None, conn.log()[-2000:]
         return 0.0  # not serving yet
-    for line in text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
+    value = metric_value(text, line_start)
+    return 0.0 if value is None else value
 
 
 async def wait_metric(conn: Running, line_start: str, at_least: float, within: float = 30) -> float:
