@@ -144,7 +144,6 @@ class Connection:
             channel_name(c, m, uid): SubState(c, m, channel_name(c, m, uid)) for c, m in subs
         }
         self._by_pair = {(s.channel, s.market): s for s in self.subs.values()}
-        self._last_frame_ts = 0.0
         self._drained: asyncio.Event | None = None  # set while draining at shutdown
         self._active: _Link | None = None
         self._unsubscribed = asyncio.Event()
@@ -235,7 +234,7 @@ class Connection:
                     return  # stop requested
                 self.connected = False
                 self._metrics.reconnects.labels(EXCHANGE, reason).inc()
-                last_frame = self._last_frame_ts or time.time()
+                last_frame = (self._active.last_frame_ts if self._active else 0.0) or time.time()
                 self.gaps.lost(list(self.subs.values()), reason, int(last_frame * 1_000_000))
                 if stop.is_set():
                     return
@@ -660,8 +659,6 @@ class Connection:
                     await deliver(link, sub, msg, receive_ts)
                 else:
                     self._control(msg, link)
-            if link is self._active:
-                self._last_frame_ts = receive_ts
             if link.stop_reading:
                 return  # the handover barrier: the successor takes over from here
         raise _Reconnect("closed", f"code {link.ws.close_code} {link.ws.close_reason!r}")
