@@ -95,6 +95,23 @@ def decode_record(payload: bytes) -> SpooledRecord:
     return SpooledRecord(topic, key, value, headers)
 
 
+def _read_frame(f: BinaryIO) -> tuple[SpooledRecord | None, int]:
+    """The next record at ``f``'s position and the bytes its frame takes. (None, n): the
+    checksum holds but the payload does not decode (that record is skipped); (None, 0):
+    a torn or corrupt frame (the rest of the segment cannot be trusted)."""
+    header = f.read(_HEADER.size)
+    if len(header) != _HEADER.size:
+        return None, 0
+    length, crc = _HEADER.unpack(header)
+    payload = f.read(length)
+    if len(payload) != length or zlib.crc32(payload) != crc:
+        return None, 0
+    try:
+        return decode_record(payload), _HEADER.size + length
+    except (ValueError, struct.error, UnicodeDecodeError):
+        return None, _HEADER.size + length
+
+
 class Spool:
     def __init__(
         self,
@@ -269,22 +286,12 @@ class Spool:
             self._reader = self._path(self._read_seg).open("rb")
         self._reader.seek(self._read_off)
         self._read_off_before = self._read_off
-        header = self._reader.read(_HEADER.size)
-        size = self._sizes[self._read_seg]
-        if len(header) == _HEADER.size:
-            length, crc = _HEADER.unpack(header)
-            payload = self._reader.read(length)
-            if len(payload) == length and zlib.crc32(payload) == crc:
-                self._read_off += _HEADER.size + length
-                try:
-                    return decode_record(payload)
-                except (ValueError, struct.error, UnicodeDecodeError):
-                    self.corrupt += 1
-                    return None
-        # A torn or corrupt tail: skip the rest of this segment.
-        self.corrupt += 1
-        self._read_off = size
-        return None
+        rec, used = _read_frame(self._reader)
+        if rec is None:
+            self.corrupt += 1
+        # A torn or corrupt tail (nothing used): skip the rest of this segment.
+        self._read_off = self._read_off + used if used else self._sizes[self._read_seg]
+        return rec
 
     def _finish_read_segment(self) -> None:
         if self._reader is not None:
@@ -338,21 +345,16 @@ class Spool:
         an earlier run left, e.g. to find the last trade it took)."""
         segs = [n for n in self._segments if n >= self._read_seg]
         for n in segs:
-            start = self._read_off if n == self._read_seg else 0
+            pos = self._read_off if n == self._read_seg else 0
             with self._path(n).open("rb") as f:
-                f.seek(start)
-                data = f.read(self._sizes[n] - start)
-            pos = 0
-            while pos + _HEADER.size <= len(data):
-                length, crc = _HEADER.unpack_from(data, pos)
-                payload = data[pos + _HEADER.size : pos + _HEADER.size + length]
-                if len(payload) != length or zlib.crc32(payload) != crc:
-                    break
-                pos += _HEADER.size + length
-                try:
-                    yield decode_record(payload)
-                except (ValueError, struct.error, UnicodeDecodeError):
-                    break
+                f.seek(pos)
+                while pos < self._sizes[n]:
+                    rec, used = _read_frame(f)
+                    if not used:
+                        break  # a torn or corrupt tail, as read() treats it
+                    pos += used
+                    if rec is not None:
+                        yield rec
 
     def _maybe_delete(self, seg: int, *, fully_read: bool) -> None:
         if not fully_read or self._unacked.get(seg, 0) > 0:
