@@ -809,6 +809,15 @@ class Simulator:
 
 
 def _json(body: Any, status: HTTPStatus = HTTPStatus.OK) -> Response:
+    """A REST answer on the WebSocket port. The websockets server closes the connection
+    after any answer that is not an upgrade, so say so: a client that kept it alive
+    would send its next request into a closing socket."""
     payload = orjson.dumps(body)
-    headers = Headers([("Content-Type", "application/json"), ("Content-Length", str(len(payload)))])
+    headers = Headers(
+        [
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(payload))),
+            ("Connection", "close"),
+        ]
+    )
     return Response(status.value, status.phrase, headers, payload)
