@@ -19,15 +19,10 @@ from functools import partial
 from typing import TypeVar
 
 from connector.avro import AvroDecoder, load_schemas
-from connector.bitstamp.protocol import (
-    CHANNEL_SCHEMAS,
-    EXCHANGE,
-    channel_name,
-    plan_subscriptions,
-)
-from connector.checkpoints import from_spool, last_trades, latest
+from connector.checkpoints import Checkpoint, from_spool, last_trades, latest
 from connector.embedded import EmbeddedBroker
 from connector.errors import ConfigError, DeliveryError
+from connector.exchange import Adapter, adapter_for
 from connector.group import Membership, assignment_topic
 from connector.http import Health, HttpServer
 from connector.kafka_security import client_options
@@ -37,7 +32,7 @@ from connector.registry import SchemaRegistryClient
 from connector.router import Router
 from connector.settings import Settings, redact_url
 from connector.sink import KafkaSink
-from connector.supervisor import Supervisor, backoff_delay
+from connector.supervisor import Fleet, Supervisor, backoff_delay
 from connector.topics import ensure_topics
 
 log = logging.getLogger(__name__)
@@ -115,22 +110,25 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
             status_template=settings.status_topic_template,
             dlq_template=settings.dlq_topic_template,
         )
-        subs, skipped = plan_subscriptions(
-            settings.markets, settings.channels, settings.private_channels
-        )
-        if skipped:
-            log.info(
-                "not subscribing %s: Bitstamp sends funding_rate for perpetual markets only",
-                ", ".join(channel_name(c, m) for c, m in skipped),
-            )
-        if not subs:
-            raise ConfigError(
-                "nothing to subscribe: funding_rate needs a perpetual market "
-                "(e.g. btcusd-perp) in CONNECTOR_MARKETS"
-            )
+        adapters = [adapter_for(e, settings) for e in settings.exchanges]
+        plans: dict[str, list[tuple[str, str]]] = {}
+        for adapter in adapters:
+            subs, skipped, why = adapter.plan()
+            if skipped:
+                log.info(
+                    "%s: not subscribing %s: %s",
+                    adapter.name,
+                    ", ".join(adapter.sub_name(c, m) for c, m in skipped),
+                    why,
+                )
+            if not subs:
+                raise ConfigError(f"{adapter.name}: nothing to subscribe ({why})")
+            plans[adapter.name] = subs
+        every = [(a, c, m) for a in adapters for c, m in plans[a.name]]
         if settings.create_topics:
-            topics = [router.topic(EXCHANGE, c, m) for c, m in subs]
-            topics += [router.status_topic(EXCHANGE), router.dlq_topic(EXCHANGE)]
+            topics = [router.topic(a.name, c, m) for a, c, m in every]
+            for a in adapters:
+                topics += [router.status_topic(a.name), router.dlq_topic(a.name)]
             created = await _until_kafka_answers(
                 "creating topics",
                 lambda: ensure_topics(
@@ -162,10 +160,16 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
             )
             if created is None:
                 return 0
-        for c, m in subs:
-            await router.prepare(EXCHANGE, c, m, CHANNEL_SCHEMAS[c])
-        await router.status_route(EXCHANGE)
-        trade_topics = {m: router.topic(EXCHANGE, c, m) for c, m in subs if c == "live_trades"}
+        for a, c, m in every:
+            await router.prepare(a.name, c, m, a.channel_schemas[c])
+        for a in adapters:
+            await router.status_route(a.name)
+        # Trade topics: their last record is where a restart backfills from (topic → topic).
+        trade_topics = {
+            router.topic(a.name, c, m): router.topic(a.name, c, m)
+            for a, c, m in every
+            if a.channel_schemas[c] == "connector.Trade"
+        }
         if settings.group_id:
             trade_topics = {}  # positions are read per subscription when it is assigned
         trade_decoder = AvroDecoder(schemas.values())
@@ -212,8 +216,18 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         health.sink = sink
         metrics.refresh_hooks.append(partial(_refresh_sink_gauges, metrics, sink))
         publisher = Publisher(router, sink, metrics, dlq_max_bytes(settings.ws_max_size_bytes))
-        supervisor = Supervisor(
-            [] if settings.group_id else subs, settings, publisher, metrics, checkpoints
+        supervisor = Fleet(
+            [
+                Supervisor(
+                    a,
+                    [] if settings.group_id else plans[a.name],
+                    settings,
+                    publisher,
+                    metrics,
+                    _by_sub_name(a, plans[a.name], router, checkpoints),
+                )
+                for a in adapters
+            ]
         )
         membership: Membership | None = None
         member_task: asyncio.Task[None] | None = None
@@ -225,7 +239,7 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
                 supervisor,
                 sink,
                 metrics,
-                {(c, m): router.topic(EXCHANGE, c, m) for c, m in subs},
+                {(a.name, c, m): router.topic(a.name, c, m) for a, c, m in every},
                 trade_decoder,
                 registry,
             )
@@ -233,8 +247,9 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         health.subscriptions = supervisor.subscriptions
         metrics.refresh_hooks.append(partial(_refresh_sub_gauges, metrics, supervisor))
         log.info(
-            "running: %d subscription(s) over %d connection(s)",
-            len(subs),
+            "running: %d subscription(s) on %s over %d connection(s)",
+            len(every),
+            ", ".join(a.name for a in adapters),
             len(supervisor.connections),
         )
         try:
@@ -276,10 +291,26 @@ def _refresh_sink_gauges(metrics: Metrics, sink: KafkaSink) -> None:
         metrics.spool_records.set(spool[1])
 
 
-def _refresh_sub_gauges(metrics: Metrics, supervisor: Supervisor) -> None:
+def _by_sub_name(
+    adapter: Adapter,
+    subs: list[tuple[str, str]],
+    router: Router,
+    checkpoints: dict[str, Checkpoint],
+) -> dict[str, Checkpoint]:
+    """Restart checkpoints (keyed by topic) → keyed by the adapter's subscription name."""
+    out = {}
+    for c, m in subs:
+        cp = checkpoints.get(router.topic(adapter.name, c, m))
+        if cp is not None:
+            out[adapter.sub_name(c, m)] = cp
+    return out
+
+
+def _refresh_sub_gauges(metrics: Metrics, fleet: Fleet) -> None:
     now = time.monotonic()
-    subs = supervisor.subscriptions()
-    metrics.subscriptions_live.labels(EXCHANGE).set(sum(1 for s in subs if s.confirmed))
-    for sub in subs:
-        gauge = metrics.last_event_age.labels(EXCHANGE, sub.channel, sub.market)
-        gauge.set(now - sub.last_event if sub.confirmed else float("nan"))
+    for exchange, supervisor in fleet.supervisors.items():
+        subs = supervisor.subscriptions()
+        metrics.subscriptions_live.labels(exchange).set(sum(1 for s in subs if s.confirmed))
+        for sub in subs:
+            gauge = metrics.last_event_age.labels(exchange, sub.channel, sub.market)
+            gauge.set(now - sub.last_event if sub.confirmed else float("nan"))

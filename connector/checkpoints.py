@@ -150,7 +150,10 @@ async def decode_checkpoint(
             decoder.add_schema_id(sid, await registry.schema_by_id(sid))
         _, record = decoder.decode(value)
         trade_id = record.get("trade_id")
-        return Checkpoint(int(trade_id) if trade_id else 0, int(record["exchange_ts_us"]))
+        # Numeric trade ids (Bitstamp, Binance, Bitfinex) are positions; others (Bybit's
+        # UUIDs) only give the time.
+        numeric = isinstance(trade_id, str) and trade_id.isdigit()
+        return Checkpoint(int(str(trade_id)) if numeric else 0, int(record["exchange_ts_us"]))
     except (SchemaError, KeyError, ValueError, EOFError) as exc:
         log.warning("last trade record is unreadable (%s); skipped", exc)
         return None

@@ -282,12 +282,32 @@ class ExchangeError:
     message: str
 
 
+@dataclass(frozen=True, slots=True)
+class Resync:
+    """The stream of subscription ``channel`` broke (a sequence gap, a checksum
+    mismatch): the connection resubscribes it and the gap is recovered."""
+
+    channel: str
+    reason: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Maintenance:
+    """The exchange paused (``active``) or resumed its service on this connection."""
+
+    active: bool
+    message: str
+
+
 Control = (
     SubscriptionSucceeded
     | UnsubscriptionSucceeded
     | HeartbeatReply
     | ReconnectRequested
     | ExchangeError
+    | Resync
+    | Maintenance
 )
 Message = MarketEvent | Control
 

@@ -39,22 +39,21 @@ from aiokafka.coordinator.protocol import (
 from aiokafka.errors import KafkaError
 
 from connector.avro import AvroDecoder
-from connector.bitstamp.protocol import EXCHANGE
 from connector.checkpoints import last_records
 from connector.metrics import Metrics
 from connector.registry import SchemaRegistryClient
 from connector.settings import Settings
 from connector.sink import KafkaSink
 from connector.sticky import Member, assign
-from connector.supervisor import Supervisor
+from connector.supervisor import Fleet
 
 log = logging.getLogger(__name__)
 
-Pair = tuple[str, str]
+Pair = tuple[str, str, str]  # (exchange, channel, market)
 
 
-def subscription_key(channel: str, market: str) -> str:
-    return f"{EXCHANGE}:{channel}:{market}"
+def subscription_key(exchange: str, channel: str, market: str) -> str:
+    return f"{exchange}:{channel}:{market}"
 
 
 def partition_of(pair: Pair, partitions: int) -> int:
@@ -129,7 +128,7 @@ class Membership:
         settings: Settings,
         bootstrap: str,
         client: dict[str, Any],
-        supervisor: Supervisor,
+        supervisor: Fleet,
         sink: KafkaSink,
         metrics: Metrics,
         topics: dict[Pair, str],
@@ -146,7 +145,7 @@ class Membership:
         self._registry = registry
         self.topic = assignment_topic(settings)
         self.replica = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        self._route = metrics.route(EXCHANGE, "assignments", "")
+        self._route = metrics.route("group", "assignments", "")
         self._stopping = False
         self._consumer: AIOKafkaConsumer | None = None
         # The topic's real partition count maps subscriptions (every replica sees the

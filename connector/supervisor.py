@@ -1,11 +1,17 @@
-"""Supervisor: owns Bitstamp connections, subscriptions, heartbeats and reconnects.
+"""Supervisor: owns one exchange's connections, subscriptions, heartbeats and reconnects.
 
-One ``Connection`` per group of at most 1024 channels (Bitstamp's per-connection limit).
-Each runs forever until asked to stop:
+Everything exchange-specific comes from its adapter (``connector.exchange``): the wire
+protocol, limits and recovery. One ``Connection`` per group of at most the exchange's
+per-connection limit of subscriptions. Each runs forever until asked to stop:
 
-    connect → subscribe (one channel per frame) → read, decode, publish
-            ↘ heartbeat every N s; no reply within the deadline → dead, reconnect
-            ↘ bts:request_reconnect, or the connection's age limit → make-before-break:
+    connect → subscribe (batched and paced within the exchange's limits) → read, decode,
+              publish
+            ↘ heartbeat (the adapter's ping) every N s; no reply within the deadline →
+              dead, reconnect
+            ↘ a stream break (sequence gap, checksum mismatch) → that subscription is
+              resubscribed and its gap recovered
+            ↘ the exchange asks for a reconnect, or the connection's age limit (ours, or
+              just under the server's) → make-before-break:
               a second connection subscribes while this one reads on; once every
               subscription is confirmed there, a heartbeat barrier ends this reader, the
               successor publishes past the overlap (each event once), this one closes
@@ -34,32 +40,24 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
-from connector.bitstamp.decoder import BitstampDecoder
-from connector.bitstamp.gaps import Gaps, SubState
-from connector.bitstamp.protocol import (
-    EXCHANGE,
-    HEARTBEAT_FRAME,
-    MAX_CHANNELS_PER_CONNECTION,
-    channel_name,
-    is_private,
-    subscribe_frame,
-    unsubscribe_frame,
-)
-from connector.bitstamp.recovery import RecentTrades
-from connector.bitstamp.rest import BitstampRest
 from connector.checkpoints import Checkpoint
-from connector.errors import ConfigError, ProtocolError, RestError
+from connector.errors import ConfigError, ProtocolError
 from connector.events import (
     ExchangeError,
     HeartbeatReply,
+    Maintenance,
     MarketEvent,
     ReconnectRequested,
+    Resync,
     SubscriptionSucceeded,
     UnsubscriptionSucceeded,
 )
+from connector.exchange import Adapter, WireProtocol
+from connector.gaps import Gaps, SubState
 from connector.handover import Dedup, Tail
 from connector.metrics import Metrics
 from connector.pipeline import Publisher
+from connector.recent import RecentTrades
 from connector.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -95,9 +93,11 @@ class _Link:
     """One WebSocket connection and its reader's state."""
 
     ws: ClientConnection
-    decoder: BitstampDecoder
+    decoder: WireProtocol
     cid: str
     opened: float  # monotonic
+    next_send: float = 0.0  # monotonic: control frames are paced to the exchange's limit
+    paused: bool = False  # the exchange announced maintenance: silence is expected
     reader: asyncio.Task[None] | None = None
     last_frame_ts: float = 0.0  # wall clock
     # heartbeats: time of the oldest unanswered one (0: none), and counts for the barrier
@@ -127,27 +127,28 @@ class Connection:
         self,
         index: int,
         subs: list[tuple[str, str]],
+        adapter: Adapter,
         settings: Settings,
         publisher: Publisher,
         metrics: Metrics,
         gaps: Gaps,
-        rest: BitstampRest | None = None,
     ) -> None:
         self.index = index
         self.gaps = gaps
+        self.adapter = adapter
+        self.exchange = adapter.name
         self._settings = settings
         self._publisher = publisher
         self._metrics = metrics
-        self._rest = rest
-        uid = settings.bitstamp_user_id
-        self.subs = {
-            channel_name(c, m, uid): SubState(c, m, channel_name(c, m, uid)) for c, m in subs
-        }
+        name = adapter.sub_name
+        self.subs = {name(c, m): SubState(c, m, name(c, m)) for c, m in subs}
+        gaps.resync_wanted = self._resync_wanted
         self._by_pair = {(s.channel, s.market): s for s in self.subs.values()}
         self._drained: asyncio.Event | None = None  # set while draining at shutdown
         self._active: _Link | None = None
         self._unsubscribed = asyncio.Event()
         self._closing: set[asyncio.Task[None]] = set()
+        self._resyncing: set[str] = set()
         self.connection_id = ""
         self.connected = False
         self._invalid = 0
@@ -163,7 +164,7 @@ class Connection:
         if link is not None and self.connected and link.ws.state is State.OPEN:
             # If the connection drops meanwhile, the next session subscribes them.
             with contextlib.suppress(ConnectionClosed):
-                await self._subscribe_all(link.ws, subs, time.monotonic())
+                await self._subscribe_all(link, subs, time.monotonic())
 
     async def remove(self, names: list[str], deadline_s: float) -> None:
         """Gives up subscriptions: unsubscribes, keeps reading until the exchange confirms
@@ -173,8 +174,7 @@ class Connection:
         link = self._active
         if live and link is not None and self.connected:
             try:
-                for sub in live:
-                    await link.ws.send(unsubscribe_frame(sub.name))
+                await self._send(link, link.decoder.unsubscribe([s.name for s in live]))
                 async with asyncio.timeout(deadline_s):
                     while any(s.confirmed for s in live):
                         self._unsubscribed.clear()
@@ -207,7 +207,7 @@ class Connection:
                     )
                 except InvalidURI as exc:
                     raise ConfigError(
-                        f"BITSTAMP_WS_URL is not a valid WebSocket URI: {exc}"
+                        f"{self.exchange.upper()}_WS_URL is not a valid WebSocket URI: {exc}"
                     ) from exc
                 except InvalidStatus as exc:
                     status = exc.response.status_code
@@ -227,13 +227,13 @@ class Connection:
                         "[conn %d %s] connection to %s failed: %r",
                         self.index,
                         self.connection_id,
-                        self._settings.bitstamp_ws_url,
+                        self.adapter.ws_url,
                         exc,
                     )
                 else:
                     return  # stop requested
                 self.connected = False
-                self._metrics.reconnects.labels(EXCHANGE, reason).inc()
+                self._metrics.reconnects.labels(self.exchange, reason).inc()
                 last_frame = (self._active.last_frame_ts if self._active else 0.0) or time.time()
                 self.gaps.lost(list(self.subs.values()), reason, int(last_frame * 1_000_000))
                 if stop.is_set():
@@ -270,7 +270,7 @@ class Connection:
         )
         error = ProtocolError("oversized", detail, b"")
         self._invalid_frame(error)
-        await self._publisher.dead_letter(EXCHANGE, error, self.connection_id, time.time())
+        await self._publisher.dead_letter(self.exchange, error, self.connection_id, time.time())
 
     # --- one session: a chain of connections handed over make-before-break ------------
     async def _connect(self) -> _Link:
@@ -278,16 +278,16 @@ class Connection:
         cid = uuid.uuid4().hex[:16]
         self.connection_id = self.connection_id or cid
         ws = await websockets.connect(
-            s.bitstamp_ws_url,
+            self.adapter.ws_url,
             max_size=4 * s.ws_max_size_bytes,  # hard bound; larger frames: dead letters
             open_timeout=s.ws_open_timeout_s,
             close_timeout=5,
-            compression=None,  # CPU over bandwidth; Bitstamp frames are small JSON
+            compression=None,  # CPU over bandwidth; market data frames are small JSON
             ping_interval=20,
             ping_timeout=20,
             max_queue=64,
         )
-        return _Link(ws, BitstampDecoder(cid), cid, time.monotonic())
+        return _Link(ws, self.adapter.new_protocol(cid), cid, time.monotonic())
 
     def _adopt(self, link: _Link) -> None:
         self._active = link
@@ -303,7 +303,7 @@ class Connection:
             "[conn %d %s] connected to %s",
             self.index,
             self.connection_id,
-            self._settings.bitstamp_ws_url,
+            self.adapter.ws_url,
         )
         try:
             # Reading starts first: confirmations and events are taken as they come, even
@@ -315,7 +315,7 @@ class Connection:
                 self.connection_id,
                 len(self.subs),
             )
-            await self._subscribe_all(link.ws, list(self.subs.values()), time.monotonic())
+            await self._subscribe_all(link, list(self.subs.values()), time.monotonic())
             while True:
                 successor = await self._serve(link, stop)
                 if successor is None:
@@ -393,7 +393,7 @@ class Connection:
         )
         link.handover_attempts += 1
         link.handover_retry_at = time.monotonic() + max(delay, 1.0)
-        self._metrics.handovers.labels(EXCHANGE, link.handover_reason, "failed").inc()
+        self._metrics.handovers.labels(self.exchange, link.handover_reason, "failed").inc()
         log.warning(
             "[conn %d %s] handover (%s) failed; the current connection stays, next try in %.1fs",
             self.index,
@@ -428,9 +428,10 @@ class Connection:
             )
             new.reader = asyncio.create_task(self._read(new), name=f"read-{self.index}-next")
             new.reader.add_done_callback(lambda _: new.ready.set())
-            frames, failed, error = await self._subscribe_frames(list(self.subs.values()))
-            for _, frame in frames:
-                await new.ws.send(frame)
+            frames, failed, error = await self.adapter.subscribe_frames(
+                new.decoder, list(self.subs.values())
+            )
+            await self._send(new, frames)
             if any(sub.name in new.required for sub in failed):
                 new.failure = f"private channels not subscribed: {error}"
                 return None
@@ -471,7 +472,7 @@ class Connection:
         old.barrier = old.hb_sent
         proven = False
         try:
-            await old.ws.send(HEARTBEAT_FRAME)
+            await self._send(old, [old.decoder.ping()])
             await asyncio.wait_for(asyncio.shield(old.reader), s.heartbeat_timeout_s)
             proven = old.stop_reading
         except (ConnectionClosed, OSError, TimeoutError, _Reconnect) as exc:
@@ -499,7 +500,7 @@ class Connection:
             if sub.name in new.confirmed and not sub.confirmed:
                 self._confirmed(new, sub)  # not live on ``old`` (or a gap): recovery starts
         old.tail = None
-        self._metrics.handovers.labels(EXCHANGE, reason, outcome).inc()
+        self._metrics.handovers.labels(self.exchange, reason, outcome).inc()
         buffered = len(new.buffer)
         while new.buffer:  # the reader keeps appending while we publish
             held, msg, receive_ts = new.buffer.popleft()
@@ -528,8 +529,7 @@ class Connection:
             return
         self._drained = asyncio.Event()
         try:
-            for sub in live:
-                await link.ws.send(unsubscribe_frame(sub.name))
+            await self._send(link, link.decoder.unsubscribe([s.name for s in live]))
             await asyncio.wait_for(self._drained.wait(), deadline)
             log.info(
                 "[conn %d %s] %d unsubscription(s) confirmed; drained",
@@ -551,10 +551,19 @@ class Connection:
         finally:
             self._drained = None
 
-    async def _subscribe(self, ws: ClientConnection, sub: SubState, now: float) -> None:
-        await self._subscribe_all(ws, [sub], now)
+    async def _send(self, link: _Link, frames: list[str]) -> None:
+        """Sends control frames, paced to the exchange's limit on incoming messages."""
+        rate = self.adapter.control_frames_per_second
+        for frame in frames:
+            if rate:
+                now = time.monotonic()
+                wait = link.next_send - now
+                link.next_send = max(now, link.next_send) + 1.0 / rate
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            await link.ws.send(frame)
 
-    async def _subscribe_all(self, ws: ClientConnection, subs: list[SubState], now: float) -> None:
+    async def _subscribe_all(self, link: _Link, subs: list[SubState], now: float) -> None:
         for sub in subs:
             sub.subscribed_at = now
             sub.confirmed = False
@@ -562,18 +571,21 @@ class Connection:
             sub.silent_warned = False
             sub.stale_resubscribed = False
         # Public channels go first: a slow token endpoint must not hold them back.
-        public = [sub for sub in subs if not is_private(sub.name)]
-        private = [sub for sub in subs if is_private(sub.name)]
+        private = self.adapter.is_private
         failed: list[SubState] = []
         error = ""
-        for group in (public, private):
-            frames, missing, why = await self._subscribe_frames(group)
-            for _, frame in frames:
-                await ws.send(frame)
+        for group in (
+            [sub for sub in subs if not private(sub.name)],
+            [sub for sub in subs if private(sub.name)],
+        ):
+            if not group:
+                continue
+            frames, missing, why = await self.adapter.subscribe_frames(link.decoder, group)
+            await self._send(link, frames)
             failed += missing
             error = error or why
         if failed:
-            self._metrics.auth_failures.labels(EXCHANGE).inc()
+            self._metrics.auth_failures.labels(self.exchange).inc()
             retry = self._settings.resubscribe_backoff_s
             for sub in failed:
                 sub.retry_at = now + retry
@@ -585,48 +597,6 @@ class Connection:
                 error,
                 retry,
             )
-
-    async def _subscribe_frames(
-        self, subs: list[SubState]
-    ) -> tuple[list[tuple[SubState, str]], list[SubState], str]:
-        """Subscribe frames; private channels get a fresh token (one per call, fetched
-        only if needed). Returns (frames, private subs without a token, why)."""
-        frames: list[tuple[SubState, str]] = []
-        failed: list[SubState] = []
-        token: str | None = None
-        error = ""
-        for sub in subs:
-            if not is_private(sub.name):
-                frames.append((sub, subscribe_frame(sub.name)))
-                continue
-            if token is None and not error:
-                try:
-                    token = await self._private_token()
-                except RestError as exc:
-                    error = str(exc)
-            if token is None:
-                failed.append(sub)
-            else:
-                frames.append((sub, subscribe_frame(sub.name, token)))
-        return frames, failed, error
-
-    async def _private_token(self) -> str:
-        s = self._settings
-        if self._rest is None or s.bitstamp_api_key is None or s.bitstamp_api_secret is None:
-            raise RestError("BITSTAMP_API_KEY and BITSTAMP_API_SECRET are not set", retriable=False)
-        body = await self._rest.websockets_token(
-            s.bitstamp_api_key.get_secret_value(), s.bitstamp_api_secret.get_secret_value()
-        )
-        token = body.get("token") if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token:
-            raise RestError(f"the token endpoint sent no token: {body!r:.200}", retriable=False)
-        if str(body.get("user_id")) != str(s.bitstamp_user_id):
-            raise RestError(
-                f"the API key belongs to user {body.get('user_id')}, not BITSTAMP_USER_ID "
-                f"{s.bitstamp_user_id}: the private channel names would not match",
-                retriable=False,
-            )
-        return token
 
     # --- reading -----------------------------------------------------------------------
     async def _read(self, link: _Link) -> None:
@@ -641,7 +611,7 @@ class Connection:
                 messages = link.decoder.feed(frame, int(receive_ts * 1_000_000))
             except ProtocolError as exc:
                 self._invalid_frame(exc)
-                await self._publisher.dead_letter(EXCHANGE, exc, link.cid, receive_ts)
+                await self._publisher.dead_letter(self.exchange, exc, link.cid, receive_ts)
                 continue
             for msg in messages:
                 if isinstance(msg, MarketEvent):
@@ -671,9 +641,9 @@ class Connection:
                 dedup = link.dedup.get(sub.name)
                 if dedup is not None:
                     if not dedup.keep(msg):
-                        self._metrics.duplicates.labels(EXCHANGE, sub.channel).inc()
+                        self._metrics.duplicates.labels(self.exchange, sub.channel).inc()
                         self._metrics.events_dropped.labels(
-                            EXCHANGE, sub.channel, "duplicate"
+                            self.exchange, sub.channel, "duplicate"
                         ).inc()
                         return
                     if dedup.done:  # past the overlap: no more lookups on the hot path
@@ -691,7 +661,7 @@ class Connection:
 
     def _invalid_frame(self, exc: ProtocolError) -> None:
         self._invalid += 1
-        self._metrics.frames_invalid.labels(EXCHANGE, exc.reason).inc()
+        self._metrics.frames_invalid.labels(self.exchange, exc.reason).inc()
         if self._invalid <= 10 or self._invalid % _INVALID_LOG_EVERY == 0:
             frame = exc.frame if isinstance(exc.frame, str) else repr(exc.frame)
             log.warning(
@@ -743,6 +713,12 @@ class Connection:
                 link.handover_wanted.set()
         elif isinstance(msg, ExchangeError):
             self._exchange_error(msg, link)
+        elif isinstance(msg, Resync):
+            sub = self.subs.get(msg.channel)
+            if sub is not None and sub.confirmed:
+                self._resync_wanted(sub, msg.reason, msg.detail)
+        elif isinstance(msg, Maintenance):
+            self._maintenance(msg, link)
 
     def _successor_control(self, msg: object, link: _Link) -> None:
         """Control messages of a successor that is not publishing yet."""
@@ -753,12 +729,65 @@ class Connection:
         elif isinstance(msg, ExchangeError):
             self._exchange_error(msg, link)
             if msg.channel in link.required and not link.failure:
-                link.failure = f"bts:error on {msg.channel}: {msg.message}"
+                link.failure = f"exchange error on {msg.channel}: {msg.message}"
                 link.ready.set()
         elif isinstance(msg, ReconnectRequested):
             log.warning(
                 "[conn %d %s] reconnect requested on the new connection", self.index, link.cid
             )
+        elif isinstance(msg, Maintenance):
+            link.paused = msg.active
+
+    def _maintenance(self, msg: Maintenance, link: _Link) -> None:
+        link.paused = msg.active
+        if msg.active:
+            log.warning(
+                "[conn %d %s] the exchange entered maintenance (%s): silence is expected, "
+                "the connection stays",
+                self.index,
+                link.cid,
+                msg.message,
+            )
+        elif not link.handover_reason:
+            # The exchange advises subscribing everything again: a fresh connection does
+            # that make-before-break, so nothing sent meanwhile is lost.
+            log.warning(
+                "[conn %d %s] maintenance ended (%s): renewing the connection make-before-break",
+                self.index,
+                link.cid,
+                msg.message,
+            )
+            link.handover_reason = "maintenance_ended"
+            link.handover_wanted.set()
+
+    def _resync_wanted(self, sub: SubState, reason: str, detail: str) -> None:
+        """A subscription's stream broke: resubscribed (the exchange sends a fresh
+        snapshot, or recovery fetches one); the break is a gap recovered as usual."""
+        if sub.name in self._resyncing or self._active is None:
+            return
+        link = self._active
+        self._metrics.resubscribes.labels(self.exchange, sub.channel).inc()
+        log.warning(
+            "[conn %d %s] %s: %s (%s): resubscribing",
+            self.index,
+            link.cid,
+            sub.name,
+            reason,
+            detail,
+        )
+        self.gaps.lost([sub], reason, int(time.time() * 1_000_000), detail)
+        self._resyncing.add(sub.name)
+        task = asyncio.create_task(self._resubscribe(link, sub))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _resubscribe(self, link: _Link, sub: SubState) -> None:
+        try:
+            with contextlib.suppress(ConnectionClosed):
+                await self._send(link, link.decoder.unsubscribe([sub.name]))
+                await self._subscribe_all(link, [sub], time.monotonic())
+        finally:
+            self._resyncing.discard(sub.name)
 
     def _confirmed(self, link: _Link, sub: SubState) -> None:
         sub.confirmed = True
@@ -767,9 +796,9 @@ class Connection:
         self.gaps.live(sub)
 
     def _exchange_error(self, msg: ExchangeError, link: _Link) -> None:
-        self._metrics.exchange_errors.labels(EXCHANGE).inc()
+        self._metrics.exchange_errors.labels(self.exchange).inc()
         log.error(
-            "[conn %d %s] bts:error on channel %r: code=%s message=%s",
+            "[conn %d %s] exchange error on subscription %r: code=%s message=%s",
             self.index,
             link.cid,
             msg.channel,
@@ -778,7 +807,7 @@ class Connection:
         )
         sub = self.subs.get(msg.channel)
         if sub is not None and not sub.confirmed and not link.buffering:
-            self._reject(sub, time.monotonic(), f"bts:error {msg.message}")
+            self._reject(sub, time.monotonic(), f"error {msg.message}")
 
     def _reject(self, sub: SubState, now: float, why: str) -> None:
         sub.retry_at = now + self._settings.resubscribe_backoff_s
@@ -796,40 +825,39 @@ class Connection:
         """Heartbeats, subscription confirmations, silence and the connection's age, once
         a second."""
         s = self._settings
-        ws = link.ws
         next_hb = time.monotonic() + s.heartbeat_interval_s
+        max_age = s.connection_max_age_s
+        if self.adapter.server_max_age_s:  # rotate well before the server drops it
+            limit = self.adapter.server_max_age_s * 0.95
+            max_age = min(max_age, limit) if max_age else limit
         while True:
             await asyncio.sleep(min(1.0, s.heartbeat_interval_s))
             if self._drained is not None:
                 continue  # shutting down: unsubscriptions are expected, not failures
             now = time.monotonic()
-            if self._publisher.saturated:
-                # The reader is paused by Kafka backpressure, so replies sit unread:
-                # that is no evidence of a dead connection.
+            if self._publisher.saturated or link.paused:
+                # The reader is paused by Kafka backpressure, so replies sit unread; or
+                # the exchange announced maintenance: no evidence of a dead connection.
                 link.hb_pending_since = 0.0
             elif link.hb_pending_since and now - link.hb_pending_since > s.heartbeat_timeout_s:
                 raise _Reconnect(
                     "heartbeat_timeout",
-                    f"no bts:heartbeat reply within {s.heartbeat_timeout_s:.0f}s (half-open?)",
+                    f"no heartbeat reply within {s.heartbeat_timeout_s:.0f}s (half-open?)",
                 )
-            if now >= next_hb:
+            if now >= next_hb and not link.paused:  # a ping in maintenance may go unanswered
                 next_hb = now + s.heartbeat_interval_s
                 if not link.hb_pending_since:
                     link.hb_pending_since = now
                 link.hb_sent += 1
-                await ws.send(HEARTBEAT_FRAME)
-            if (
-                not link.handover_reason
-                and s.connection_max_age_s
-                and now - link.opened > s.connection_max_age_s
-            ):
+                await self._send(link, [link.decoder.ping()])
+            if not link.handover_reason and max_age and now - link.opened > max_age:
                 log.info(
                     "[conn %d %s] connection is %.0fs old (limit %.0fs): rotating it "
                     "make-before-break",
                     self.index,
                     link.cid,
                     now - link.opened,
-                    s.connection_max_age_s,
+                    max_age,
                 )
                 link.handover_reason = "max_age"
                 link.handover_wanted.set()
@@ -841,13 +869,15 @@ class Connection:
             ):
                 link.handover_retry_at = 0.0
                 link.handover_wanted.set()
-            stale = await self._check_subscriptions(ws, now)
+            if link.paused:
+                continue  # maintenance: silence and unconfirmed subscriptions are expected
+            stale = await self._check_subscriptions(link, now)
             if stale:
                 raise _Reconnect(
                     "stale", f"all {stale} subscriptions stay silent after resubscribing"
                 )
 
-    async def _check_subscriptions(self, ws: ClientConnection, now: float) -> int:
+    async def _check_subscriptions(self, link: _Link, now: float) -> int:
         """Confirmations, silence and staleness, per subscription. Returns the number of
         stale subscriptions if every subscription with a threshold is stale even after a
         resubscribe (the connection is then suspect), else 0."""
@@ -863,24 +893,23 @@ class Connection:
                     if silent <= threshold:
                         sub.stale_resubscribed = False
                     elif not sub.stale_resubscribed:
-                        await self._resubscribe_stale(ws, sub, now, silent, threshold)
+                        await self._resubscribe_stale(link, sub, now, silent, threshold)
                         continue
                     else:
                         still_stale += 1
                 elif (
                     not sub.silent_warned
                     and silent > s.silence_warning_s
-                    and not is_private(sub.name)  # quiet while the account does not trade
+                    and not self.adapter.is_private(sub.name)  # quiet while the account is
                 ):
                     sub.silent_warned = True
                     log.warning(
-                        "[conn %d %s] %s confirmed but silent for %.0fs: is %r a listed "
-                        "Bitstamp market? (unknown markets are acknowledged, then silent)",
+                        "[conn %d %s] %s confirmed but silent for %.0fs: %s",
                         self.index,
                         self.connection_id,
                         sub.name,
                         silent,
-                        sub.market,
+                        self.adapter.silence_hint(sub),
                     )
             elif sub.retry_at:
                 if now >= sub.retry_at:
@@ -889,11 +918,11 @@ class Connection:
             elif now - sub.subscribed_at > s.subscribe_timeout_s:
                 self._reject(sub, now, f"no confirmation within {s.subscribe_timeout_s:.0f}s")
         if due:
-            await self._subscribe_all(ws, due, now)  # one token for all private ones
+            await self._subscribe_all(link, due, now)  # one token for all private ones
         return still_stale if watched and still_stale == watched else 0
 
     async def _resubscribe_stale(
-        self, ws: ClientConnection, sub: SubState, now: float, silent: float, threshold: float
+        self, link: _Link, sub: SubState, now: float, silent: float, threshold: float
     ) -> None:
         """A silent subscription on a live connection: resubscribe it alone. The silence is
         a gap (from its last event) recovered like any other once it is live again."""
@@ -905,11 +934,11 @@ class Connection:
             silent,
             threshold,
         )
-        self._metrics.resubscribes.labels(EXCHANGE, sub.channel).inc()
+        self._metrics.resubscribes.labels(self.exchange, sub.channel).inc()
         last_event_us = int((time.time() - silent) * 1_000_000)
         self.gaps.lost([sub], "stale", last_event_us)
-        await ws.send(unsubscribe_frame(sub.name))
-        await self._subscribe(ws, sub, now)
+        await self._send(link, link.decoder.unsubscribe([sub.name]))
+        await self._subscribe_all(link, [sub], now)
         sub.stale_resubscribed = True  # _subscribe resets the subscription's state
 
 
@@ -920,17 +949,19 @@ class Supervisor:
 
     def __init__(
         self,
+        adapter: Adapter,
         subs: list[tuple[str, str]],
         settings: Settings,
         publisher: Publisher,
         metrics: Metrics,
         checkpoints: dict[str, Checkpoint] | None = None,
     ) -> None:
-        size = MAX_CHANNELS_PER_CONNECTION
+        size = adapter.max_subs_per_connection
+        self.adapter = adapter
+        self.exchange = adapter.name
         self._settings = settings
         self._publisher = publisher
         self._metrics = metrics
-        self.rest = BitstampRest(settings.bitstamp_rest_url)
         self._recent = RecentTrades()  # one market's trades may move between connections
         self.connections = [
             self._connection(i, subs[i * size : (i + 1) * size])
@@ -938,9 +969,9 @@ class Supervisor:
         ]
         for conn in self.connections:
             for sub in conn.subs.values():
-                cp = (checkpoints or {}).get(sub.market)
-                if sub.channel == "live_trades" and cp is not None:
-                    conn.gaps.restarted(sub, cp.trade_id, cp.exchange_ts_us)
+                cp = (checkpoints or {}).get(sub.name)
+                if cp is not None:
+                    conn.gaps.restarted(sub, cp.trade_id or None, cp.exchange_ts_us)
         self._stop: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._changes = asyncio.Lock()
@@ -949,11 +980,11 @@ class Supervisor:
         return Connection(
             index,
             subs,
+            self.adapter,
             self._settings,
             self._publisher,
             self._metrics,
-            Gaps(self._publisher, self.rest, self._recent, self._metrics),
-            self.rest,
+            self.adapter.new_gaps(self._publisher, self._recent, self._metrics),
         )
 
     def subscriptions(self) -> list[SubState]:
@@ -967,34 +998,33 @@ class Supervisor:
     ) -> None:
         """Starts subscriptions handed to this replica. Each is a gap since the last event
         published for it (``positions``, read back from Kafka): recovered as usual."""
+        size = self.adapter.max_subs_per_connection
         async with self._changes:
-            uid = self._settings.bitstamp_user_id
             new = [p for p in pairs if p not in self.owned()]
             for conn in self.connections:
-                room = MAX_CHANNELS_PER_CONNECTION - len(conn.subs)
+                room = size - len(conn.subs)
                 take, new = new[:room], new[room:]
                 if take:
-                    await conn.add(self._states(conn, take, positions, uid))
+                    await conn.add(self._states(conn, take, positions))
             while new:
                 conn = self._connection(len(self.connections), [])
-                take, new = new[:MAX_CHANNELS_PER_CONNECTION], new[MAX_CHANNELS_PER_CONNECTION:]
-                await conn.add(self._states(conn, take, positions, uid))
+                take, new = new[:size], new[size:]
+                await conn.add(self._states(conn, take, positions))
                 self.connections.append(conn)
                 if self._stop is not None:
                     self._tasks.append(
                         asyncio.create_task(conn.run(self._stop), name=f"connection-{conn.index}")
                     )
 
-    @staticmethod
     def _states(
+        self,
         conn: Connection,
         pairs: list[tuple[str, str]],
         positions: dict[tuple[str, str], Checkpoint],
-        uid: int | None,
     ) -> list[SubState]:
         out = []
         for c, m in pairs:
-            sub = SubState(c, m, channel_name(c, m, uid))
+            sub = SubState(c, m, self.adapter.sub_name(c, m))
             pos = positions.get((c, m))
             if pos is not None:
                 conn.gaps.restarted(sub, pos.trade_id or None, pos.exchange_ts_us, "rebalance")
@@ -1031,4 +1061,53 @@ class Supervisor:
             for t in self._tasks:
                 t.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
-            await self.rest.close()
+            await self.adapter.aclose()
+
+
+Key = tuple[str, str, str]  # (exchange, channel, market)
+
+
+class Fleet:
+    """The supervisors of every configured exchange, as one: subscriptions are
+    (exchange, channel, market) (scale-out assigns them across replicas)."""
+
+    def __init__(self, supervisors: list[Supervisor]) -> None:
+        self.supervisors = {s.exchange: s for s in supervisors}
+
+    @property
+    def connections(self) -> list[Connection]:
+        return [c for s in self.supervisors.values() for c in s.connections]
+
+    def subscriptions(self) -> list[SubState]:
+        return [sub for s in self.supervisors.values() for sub in s.subscriptions()]
+
+    def owned(self) -> set[Key]:
+        return {(e, c, m) for e, s in self.supervisors.items() for c, m in s.owned()}
+
+    def _split(self, keys: list[Key]) -> dict[str, list[tuple[str, str]]]:
+        out: dict[str, list[tuple[str, str]]] = {}
+        for e, c, m in keys:
+            out.setdefault(e, []).append((c, m))
+        return out
+
+    async def acquire(self, keys: list[Key], positions: dict[Key, Checkpoint]) -> None:
+        for exchange, pairs in self._split(keys).items():
+            mine = {(c, m): cp for (e, c, m), cp in positions.items() if e == exchange}
+            await self.supervisors[exchange].acquire(pairs, mine)
+
+    async def release(self, keys: list[Key]) -> None:
+        await asyncio.gather(
+            *(self.supervisors[e].release(pairs) for e, pairs in self._split(keys).items())
+        )
+
+    async def run(self, stop: asyncio.Event) -> None:
+        tasks = [
+            asyncio.create_task(s.run(stop), name=f"exchange-{e}")
+            for e, s in self.supervisors.items()
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)

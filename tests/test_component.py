@@ -52,7 +52,7 @@ async def test_silent_market_warned_and_rejected_subscription_retried_with_backo
             log = conn.log()
     finally:
         await sim.stop()
-    assert "bts:error on channel '': code=None message=Bad subscription string." in log
+    assert "exchange error on subscription '': code=None message=Bad subscription string." in log
     assert "subscription live_trades_badmkt not accepted (no confirmation within 1s)" in log
     # ~8 s of rejections with a 3 s backoff: a handful of attempts, not a tight loop.
     assert 2 <= sim.requests["live_trades_badmkt"] <= 5

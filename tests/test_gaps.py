@@ -9,11 +9,12 @@ from typing import Any
 
 import pytest
 
-from connector.bitstamp import gaps as gaps_module
-from connector.bitstamp.gaps import Gaps, SubState
-from connector.bitstamp.recovery import RecentTrades
+from connector import gaps as gaps_module
+from connector.bitstamp.gaps import BitstampGaps as Gaps
 from connector.events import OrderEvent, OrderEventType, Side
+from connector.gaps import SubState
 from connector.metrics import Metrics
+from connector.recent import RecentTrades
 from tests.frames import header
 
 

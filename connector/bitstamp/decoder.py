@@ -19,7 +19,13 @@ from typing import Any
 
 import orjson
 
-from connector.bitstamp.protocol import EXCHANGE, split_channel
+from connector.bitstamp.protocol import (
+    EXCHANGE,
+    HEARTBEAT_FRAME,
+    split_channel,
+    subscribe_frame,
+    unsubscribe_frame,
+)
 from connector.errors import ProtocolError
 from connector.events import (
     BookDelta,
@@ -245,6 +251,15 @@ class BitstampDecoder:
         self.connection_id = connection_id
         self.sequence = 0
         self._channels: dict[str, tuple[str, str]] = {}
+
+    def subscribe(self, names: list[str]) -> list[str]:
+        return [subscribe_frame(name) for name in names]
+
+    def unsubscribe(self, names: list[str]) -> list[str]:
+        return [unsubscribe_frame(name) for name in names]
+
+    def ping(self) -> str:
+        return HEARTBEAT_FRAME
 
     def feed(self, frame: bytes | str, receive_ts_us: int) -> list[Message]:
         try:

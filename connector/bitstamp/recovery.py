@@ -11,13 +11,15 @@
 
 from __future__ import annotations
 
-from collections import deque
 from typing import Any
 
 from connector.bitstamp.protocol import EXCHANGE
 from connector.errors import ProtocolError
 from connector.events import BookDelta, Level, Side, Trade
+from connector.recent import RecentTrades
 from connector.timeutil import parse_epoch_us
+
+__all__ = ["RecentTrades", "backfill_span", "snapshot_from_rest", "trades_from_rest"]
 
 _SIDES = {"0": Side.BUY, "1": Side.SELL, 0: Side.BUY, 1: Side.SELL}
 _SPANS = (("minute", 60), ("hour", 3600), ("day", 86400))
@@ -130,36 +132,3 @@ def snapshot_from_rest(
         asks=_rest_levels(payload.get("asks"), "asks"),
         resync=True,
     )
-
-
-class RecentTrades:
-    """The last ``size`` trade ids published per market, and the highest id."""
-
-    def __init__(self, size: int = 20_000) -> None:
-        self._size = size
-        self._ids: dict[str, set[str]] = {}
-        self._order: dict[str, deque[str]] = {}
-        self.last_id: dict[str, int] = {}
-
-    def seen(self, market: str, trade_id: str) -> bool:
-        ids = self._ids.get(market)
-        return ids is not None and trade_id in ids
-
-    def add(self, market: str, trade_id: str) -> bool:
-        """Records a published id; False if it was already published (a duplicate)."""
-        ids = self._ids.get(market)
-        if ids is None:
-            ids = self._ids[market] = set()
-            self._order[market] = deque()
-        if trade_id in ids:
-            return False
-        ids.add(trade_id)
-        order = self._order[market]
-        order.append(trade_id)
-        if len(order) > self._size:
-            ids.discard(order.popleft())
-        if trade_id.isdigit():
-            n = int(trade_id)
-            if n > self.last_id.get(market, -1):
-                self.last_id[market] = n
-        return True

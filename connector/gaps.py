@@ -1,0 +1,308 @@
+"""Gaps and their recovery, for one connection of any exchange (the shared part).
+
+The connection calls these hooks; this module decides what consumers see:
+
+- ``lost(subs, reason, last_frame_us)``: the connection (or one subscription) ended;
+  every live subscription is now in a gap that started at the last frame received;
+- ``live(sub)``: a subscription is confirmed; recovery starts. *What* recovery means is
+  the exchange's: each adapter's subclass implements ``live`` (a REST backfill, a REST
+  book snapshot, or marking the next full book as a resync) with the helpers here;
+- ``admit(sub, event)``: the read path asks whether to publish an event now (None: held
+  during recovery, a duplicate trade, or a diff older than the resync snapshot);
+- ``drain(subs)``: the session is ending: publish what is held (it was received, so it
+  is not dropped); an unfinished recovery leaves the gap open for the next connection.
+
+Every gap ends in one Status event (kind GAP, or SEQUENCE_BREAK when the stream itself
+showed the break) with its recovery. A subclass that finds a break the decoder cannot
+see (a REST snapshot that does not join the stream) calls ``resync_wanted``: the
+connection resubscribes that subscription.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from connector.events import (
+    BookDelta,
+    BookSnapshot,
+    MarketEvent,
+    OrderEvent,
+    Recovery,
+    Status,
+    StatusKind,
+    Trade,
+)
+from connector.metrics import Metrics
+from connector.pipeline import Publisher
+from connector.recent import RecentTrades
+
+log = logging.getLogger(__name__)
+
+HOLD_LIMIT = 100_000  # events held per subscription while its recovery runs
+# Gap reasons that are breaks seen in the stream itself (status kind SEQUENCE_BREAK).
+BREAK_REASONS = frozenset({"sequence_break", "checksum_mismatch", "book_reset"})
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+@dataclass(slots=True)
+class SubState:
+    channel: str
+    market: str
+    name: str
+    subscribed_at: float = 0.0  # monotonic, when the subscribe frame was sent
+    confirmed: bool = False
+    last_event: float = 0.0  # monotonic
+    retry_at: float = 0.0  # monotonic; 0: not waiting
+    silent_warned: bool = False
+    stale_resubscribed: bool = False
+    # gap bookkeeping
+    down_since_us: int | None = None
+    down_reason: str = ""
+    down_detail: str = ""
+    recovering: bool = False
+    held: deque[tuple[MarketEvent, float]] = field(default_factory=deque)
+    resync_next: bool = False
+    cutoff_us: int = 0  # diffs at or before this time are older than the snapshot
+    cutoff_seq: int | None = None  # diffs ending at or before this id are older
+
+
+ResyncWanted = Callable[[SubState, str, str], None]
+
+
+class Gaps:
+    """The shared mechanics; ``live`` is the exchange's (subclasses)."""
+
+    exchange = ""
+
+    def __init__(self, publisher: Publisher, recent: RecentTrades, metrics: Metrics) -> None:
+        self._publisher = publisher
+        self._recent = recent
+        self._metrics = metrics
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._last_event_id: dict[str, tuple[str, int]] = {}
+        self.connection_id = ""
+        self.resync_wanted: ResyncWanted | None = None  # set by the connection
+
+    def trade_key(self, channel: str, market: str) -> str:
+        """Where a trade id is unique (one trade channel per market by default)."""
+        return market
+
+    def restarted(
+        self,
+        sub: SubState,
+        last_trade_id: int | None,
+        last_event_us: int,
+        reason: str = "restart",
+    ) -> None:
+        """Before the subscription starts here (a restart, or a subscription taken over
+        from another replica): the gap since the last event published for it."""
+        sub.down_since_us = last_event_us
+        sub.down_reason = reason
+        if last_trade_id is not None:
+            self._recent.add(self.trade_key(sub.channel, sub.market), str(last_trade_id))
+
+    # --- hooks -----------------------------------------------------------------------
+    def lost(self, subs: list[SubState], reason: str, last_frame_us: int, detail: str = "") -> None:
+        for sub in subs:
+            if sub.confirmed and sub.down_since_us is None:
+                sub.down_since_us = last_frame_us
+                sub.down_reason = reason
+                sub.down_detail = detail
+            sub.confirmed = False
+            sub.resync_next = False
+            self._last_event_id.pop(sub.name, None)  # a new subscription, a new chain
+
+    def live(self, sub: SubState) -> None:
+        raise NotImplementedError
+
+    def admit(self, sub: SubState, event: MarketEvent, receive_ts: float) -> MarketEvent | None:
+        """The event to publish now, or None (held, duplicate, or stale)."""
+        if sub.recovering:
+            sub.held.append((event, receive_ts))
+            return None
+        return self._filter(sub, event)
+
+    def full(self, sub: SubState) -> bool:
+        return sub.recovering and len(sub.held) >= HOLD_LIMIT
+
+    async def overflow(self, sub: SubState) -> None:
+        """The hold is full and recovery is still running: stop waiting for it. What is
+        held is published now, in order, before anything newer (the reader awaits this,
+        so Kafka backpressure applies); the recovery's own events follow when it ends."""
+        log.error(
+            "%s: %d events held while recovering; publishing them without waiting",
+            sub.name,
+            len(sub.held),
+        )
+        await self._release(sub)
+
+    def _filter(self, sub: SubState, event: MarketEvent) -> MarketEvent | None:
+        if isinstance(event, Trade):
+            if not self._recent.add(self.trade_key(sub.channel, event.market), event.trade_id):
+                self._metrics.duplicates.labels(self.exchange, sub.channel).inc()
+                self._metrics.events_dropped.labels(self.exchange, sub.channel, "duplicate").inc()
+                return None
+        elif isinstance(event, OrderEvent):
+            self._check_chain(sub, event)
+        elif isinstance(event, BookSnapshot):
+            if isinstance(event, BookDelta) and not event.resync and self._stale_diff(sub, event):
+                self._metrics.stale_diffs.labels(self.exchange).inc()
+                self._metrics.events_dropped.labels(self.exchange, sub.channel, "stale_diff").inc()
+                return None
+            if sub.resync_next:
+                sub.resync_next = False
+                return replace(event, resync=True)
+        return event
+
+    def _stale_diff(self, sub: SubState, event: BookDelta) -> bool:
+        """Older than the snapshot that resynced the book (then the cutoff is cleared at
+        the first newer diff)."""
+        if sub.cutoff_seq is not None and event.exchange_sequence is not None:
+            if event.exchange_sequence <= sub.cutoff_seq:
+                return True
+            self._joined(sub, event)
+            sub.cutoff_seq = None
+        elif sub.cutoff_us:
+            if event.exchange_ts_us <= sub.cutoff_us:
+                return True
+            sub.cutoff_us = 0
+        return False
+
+    def _joined(self, sub: SubState, first: BookDelta) -> None:
+        """The first diff after a sequence-numbered snapshot (a subclass checks it
+        joins)."""
+
+    async def drain(self, subs: list[SubState]) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for sub in subs:
+            await self._release(sub)
+
+    # --- recovery tasks ----------------------------------------------------------------
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("recovery task failed: %r", task.exception())
+
+    async def _release(self, sub: SubState) -> None:
+        """Publishes what was held, in order, then lets events through."""
+        while sub.held:
+            event, receive_ts = sub.held.popleft()
+            kept = self._filter(sub, event)
+            if kept is not None:
+                await self._publisher.publish(kept, receive_ts)
+        sub.recovering = False
+
+    async def _publish_backfill(self, sub: SubState, trades: list[Trade]) -> int:
+        """Publishes backfilled trades not yet published (oldest first); their count."""
+        published = 0
+        for trade in trades:
+            if self._recent.add(self.trade_key(sub.channel, trade.market), trade.trade_id):
+                await self._publisher.publish(trade, time.time())
+                published += 1
+        self._metrics.backfilled.labels(self.exchange).inc(published)
+        return published
+
+    def _close_gap_later(
+        self, sub: SubState, start: int, recovery: Recovery, recovered: int, detail: str
+    ) -> None:
+        self._spawn(self._close_gap(sub, start, recovery, recovered, detail))
+
+    async def _close_gap(
+        self,
+        sub: SubState,
+        start: int,
+        recovery: Recovery,
+        recovered: int,
+        detail: str,
+        end: int | None = None,
+    ) -> None:
+        sub.down_since_us = None
+        reason = sub.down_reason or "unknown"
+        if sub.down_detail:
+            detail = f"{sub.down_detail}; {detail}" if detail else sub.down_detail
+            sub.down_detail = ""
+        self._metrics.gaps.labels(self.exchange, sub.channel, reason).inc()
+        await self._publisher.publish_status(
+            Status(
+                exchange=self.exchange,
+                market=sub.market,
+                channel=sub.channel,
+                kind=StatusKind.SEQUENCE_BREAK if reason in BREAK_REASONS else StatusKind.GAP,
+                reason=reason,
+                start_us=start,
+                end_us=end or now_us(),
+                recovery=recovery,
+                recovered_events=recovered,
+                connection_id=self.connection_id,
+                detail=detail,
+                emitted_ts_us=now_us(),
+            )
+        )
+
+    def _check_chain(self, sub: SubState, event: OrderEvent) -> None:
+        if event.event_id is None:
+            return
+        previous = self._last_event_id.get(sub.name)
+        self._last_event_id[sub.name] = (event.event_id, event.exchange_ts_us)
+        if previous is None or event.pre_event_id is None or event.pre_event_id == previous[0]:
+            return
+        self._spawn(
+            self._publisher.publish_status(
+                Status(
+                    exchange=self.exchange,
+                    market=event.market,
+                    channel=event.channel,
+                    kind=StatusKind.SEQUENCE_BREAK,
+                    reason="event_chain",
+                    start_us=previous[1],
+                    end_us=event.exchange_ts_us,
+                    recovery=Recovery.NONE,
+                    recovered_events=0,
+                    connection_id=self.connection_id,
+                    detail=f"pre_event_id {event.pre_event_id} does not follow {previous[0]}",
+                    emitted_ts_us=now_us(),
+                )
+            )
+        )
+
+
+class SnapshotGaps(Gaps):
+    """For exchanges that send a full book on every (re)subscription (Bybit, Bitfinex):
+    a book's gap is closed by that snapshot, marked resync; trades use ``backfill``
+    (None: not recoverable, said in the status)."""
+
+    book_channels: frozenset[str] = frozenset()
+
+    def live(self, sub: SubState) -> None:
+        gap_start = sub.down_since_us
+        if sub.channel in self.book_channels:
+            sub.resync_next = True
+            if gap_start is not None:
+                self._close_gap_later(
+                    sub,
+                    gap_start,
+                    Recovery.RESYNCED,
+                    0,
+                    "the book snapshot sent on resubscription is marked resync",
+                )
+        elif gap_start is not None:
+            self._close_gap_later(sub, gap_start, Recovery.NONE, 0, self.unrecoverable(sub))
+
+    def unrecoverable(self, sub: SubState) -> str:
+        return f"{sub.channel} events in the gap are not replayed by the exchange"
