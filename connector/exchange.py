@@ -94,4 +94,16 @@ def adapter_for(exchange: str, settings: Settings) -> Adapter:
         from connector.bitstamp.adapter import BitstampAdapter
 
         return BitstampAdapter(settings)
+    if exchange == "binance":
+        from connector.binance.adapter import BinanceAdapter
+
+        return BinanceAdapter(settings)
+    if exchange == "bybit":
+        from connector.bybit.adapter import BybitAdapter
+
+        return BybitAdapter(settings)
+    if exchange == "bitfinex":
+        from connector.bitfinex.adapter import BitfinexAdapter
+
+        return BitfinexAdapter(settings)
     raise ValueError(f"unsupported exchange {exchange!r}")

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import string
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -36,17 +37,48 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from connector.binance.protocol import CHANNELS as BINANCE_CHANNELS
+from connector.bitfinex.protocol import BOOK_LENGTHS as BITFINEX_BOOK_LENGTHS
+from connector.bitfinex.protocol import CHANNELS as BITFINEX_CHANNELS
 from connector.bitstamp.protocol import CHANNELS as BITSTAMP_CHANNELS
 from connector.bitstamp.protocol import PRIVATE_CHANNELS
+from connector.bybit.protocol import CHANNELS as BYBIT_CHANNELS
+from connector.bybit.protocol import ORDERBOOK_DEPTHS as BYBIT_DEPTHS
 from connector.errors import ConfigError
 
 ENV_PREFIX = "CONNECTOR_"
-SUPPORTED_EXCHANGES = ("bitstamp",)
+SUPPORTED_EXCHANGES = ("bitstamp", "binance", "bybit", "bitfinex")
 _TOPIC_FIELDS = {"exchange", "channel", "market"}
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _MARKET_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 CommaList = Annotated[list[str], NoDecode]
+
+
+def _symbols(
+    value: list[str], pattern: str, what: str, normalize: Callable[[str], str] | None = None
+) -> list[str]:
+    if not value:
+        raise ValueError("at least one market is required")
+    if normalize is not None:
+        value = [normalize(v) for v in value]
+    for m in value:
+        if not re.match(pattern, m):
+            raise ValueError(f"market {m!r} is not {what}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"duplicate markets in {value}")
+    return value
+
+
+def _channels(value: list[str], known: tuple[str, ...], exchange: str) -> list[str]:
+    if not value:
+        raise ValueError("at least one channel is required")
+    bad = [c for c in value if c not in known]
+    if bad:
+        raise ValueError(f"unknown channel(s) {bad}; {exchange} channels are {', '.join(known)}")
+    if len(set(value)) != len(value):
+        raise ValueError(f"duplicate channels in {value}")
+    return value
 
 
 def _alias(env: str, name: str) -> Any:
@@ -63,7 +95,10 @@ class Settings(BaseSettings):
     )
 
     # --- what to subscribe to ------------------------------------------------------
-    exchanges: CommaList = Field(default=["bitstamp"], description="Exchanges to run (comma list).")
+    exchanges: CommaList = Field(
+        default=["bitstamp"],
+        description="Exchanges to run (comma list of bitstamp, binance, bybit, bitfinex).",
+    )
     bitstamp_ws_url: str = Field(
         default="wss://ws.bitstamp.net",
         validation_alias=_alias("BITSTAMP_WS_URL", "bitstamp_ws_url"),
@@ -106,6 +141,86 @@ class Settings(BaseSettings):
         validation_alias=_alias("BITSTAMP_USER_ID", "bitstamp_user_id"),
         description="Bitstamp customer id: private channel names end with it (checked "
         "against the id the token endpoint returns).",
+    )
+
+    # --- Binance spot ---------------------------------------------------------------
+    binance_ws_url: str = Field(
+        default="wss://stream.binance.com:9443/stream",
+        validation_alias=_alias("BINANCE_WS_URL", "binance_ws_url"),
+        description="Binance combined-stream endpoint (…/stream; Binance US: "
+        "wss://stream.binance.us:9443/stream, testnet: wss://stream.testnet.binance.vision/stream).",
+    )
+    binance_rest_url: str = Field(
+        default="https://api.binance.com",
+        validation_alias=_alias("BINANCE_REST_URL", "binance_rest_url"),
+        description="Binance REST base URL (Binance US: https://api.binance.us).",
+    )
+    binance_markets: CommaList = Field(
+        default=["btcusdt", "ethusdt"],
+        validation_alias=_alias("BINANCE_MARKETS", "binance_markets"),
+        description="Binance symbols (comma list; case-insensitive, topics use lowercase).",
+    )
+    binance_channels: CommaList = Field(
+        default=list(BINANCE_CHANNELS),
+        validation_alias=_alias("BINANCE_CHANNELS", "binance_channels"),
+        description="Binance streams (comma list of trade, aggTrade, depth, bookTicker).",
+    )
+    binance_depth_interval_ms: Literal[100, 1000] = Field(
+        default=100, description="Binance depth diff interval: 100 (depth@100ms) or 1000 ms."
+    )
+
+    # --- Bybit v5 --------------------------------------------------------------------
+    bybit_ws_url: str = Field(
+        default="wss://stream.bybit.com/v5/public/spot",
+        validation_alias=_alias("BYBIT_WS_URL", "bybit_ws_url"),
+        description="Bybit v5 public endpoint (…/spot, …/linear, …/inverse; testnet: "
+        "wss://stream-testnet.bybit.com/v5/public/spot).",
+    )
+    bybit_rest_url: str = Field(
+        default="https://api.bybit.com",
+        validation_alias=_alias("BYBIT_REST_URL", "bybit_rest_url"),
+        description="Bybit REST base URL (unused by public market data today; checked).",
+    )
+    bybit_markets: CommaList = Field(
+        default=["BTCUSDT", "ETHUSDT"],
+        validation_alias=_alias("BYBIT_MARKETS", "bybit_markets"),
+        description="Bybit symbols (comma list, uppercase as Bybit spells them).",
+    )
+    bybit_channels: CommaList = Field(
+        default=list(BYBIT_CHANNELS),
+        validation_alias=_alias("BYBIT_CHANNELS", "bybit_channels"),
+        description="Bybit topics (comma list of publicTrade, orderbook).",
+    )
+    bybit_orderbook_depth: int = Field(
+        default=50,
+        description=f"Bybit orderbook depth, one of {', '.join(map(str, BYBIT_DEPTHS))}.",
+    )
+
+    # --- Bitfinex v2 -----------------------------------------------------------------
+    bitfinex_ws_url: str = Field(
+        default="wss://api-pub.bitfinex.com/ws/2",
+        validation_alias=_alias("BITFINEX_WS_URL", "bitfinex_ws_url"),
+        description="Bitfinex public WebSocket v2 endpoint.",
+    )
+    bitfinex_rest_url: str = Field(
+        default="https://api-pub.bitfinex.com",
+        validation_alias=_alias("BITFINEX_REST_URL", "bitfinex_rest_url"),
+        description="Bitfinex public REST base URL (trade backfill).",
+    )
+    bitfinex_markets: CommaList = Field(
+        default=["tBTCUSD", "tETHUSD"],
+        validation_alias=_alias("BITFINEX_MARKETS", "bitfinex_markets"),
+        description="Bitfinex trading pairs (comma list, e.g. tBTCUSD).",
+    )
+    bitfinex_channels: CommaList = Field(
+        default=list(BITFINEX_CHANNELS),
+        validation_alias=_alias("BITFINEX_CHANNELS", "bitfinex_channels"),
+        description="Bitfinex channels (comma list of trades, book).",
+    )
+    bitfinex_book_length: int = Field(
+        default=25,
+        description=f"Bitfinex book length, one of {', '.join(map(str, BITFINEX_BOOK_LENGTHS))} "
+        "(checksums cover the top 25).",
     )
 
     # --- Kafka ---------------------------------------------------------------------
@@ -290,7 +405,10 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="Deadline for the WebSocket handshake."
     )
     heartbeat_interval_s: float = Field(
-        default=15.0, gt=0, description="How often bts:heartbeat is sent."
+        default=15.0,
+        gt=0,
+        description="How often the exchange's heartbeat is sent (Bitstamp bts:heartbeat, "
+        "Binance LIST_SUBSCRIPTIONS, Bybit and Bitfinex ping).",
     )
     heartbeat_timeout_s: float = Field(
         default=10.0, gt=0, description="No heartbeat reply this long: the connection is dead."
@@ -302,7 +420,8 @@ class Settings(BaseSettings):
         default=85 * 86400.0,
         ge=0,
         description="Rotate a connection make-before-break once it is this old (Bitstamp "
-        "closes connections after 90 days); 0 disables.",
+        "closes connections after 90 days; Binance's 24 h limit applies by itself); 0 "
+        "disables.",
     )
     stale_after_s: dict[str, float] = Field(
         default={
@@ -346,7 +465,19 @@ class Settings(BaseSettings):
     )
     schema_dir: Path | None = Field(default=None, description="Avro schemas; default schemas/.")
 
-    @field_validator("exchanges", "markets", "channels", "private_channels", mode="before")
+    @field_validator(
+        "exchanges",
+        "markets",
+        "channels",
+        "private_channels",
+        "binance_markets",
+        "binance_channels",
+        "bybit_markets",
+        "bybit_channels",
+        "bitfinex_markets",
+        "bitfinex_channels",
+        mode="before",
+    )
     @classmethod
     def _split(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -363,7 +494,8 @@ class Settings(BaseSettings):
     def _merge_stale(cls, value: Any) -> Any:
         if isinstance(value, dict):
             defaults = cls.model_fields["stale_after_s"].default
-            unknown = set(value) - set(defaults)
+            known = {*defaults, *BINANCE_CHANNELS, *BYBIT_CHANNELS, *BITFINEX_CHANNELS}
+            unknown = set(value) - known
             if unknown:
                 raise ValueError(f"unknown channel(s) {sorted(unknown)}")
             return {**defaults, **value}
@@ -431,7 +563,53 @@ class Settings(BaseSettings):
             raise ValueError(f"duplicate private channels in {value}")
         return value
 
-    @field_validator("bitstamp_ws_url")
+    @field_validator("binance_markets")
+    @classmethod
+    def _check_binance_markets(cls, value: list[str]) -> list[str]:
+        return _symbols(value, r"^[a-z0-9]+$", "a Binance symbol (e.g. btcusdt)", str.lower)
+
+    @field_validator("bybit_markets")
+    @classmethod
+    def _check_bybit_markets(cls, value: list[str]) -> list[str]:
+        return _symbols(value, r"^[A-Z0-9]+$", "a Bybit symbol (uppercase, e.g. BTCUSDT)")
+
+    @field_validator("bitfinex_markets")
+    @classmethod
+    def _check_bitfinex_markets(cls, value: list[str]) -> list[str]:
+        return _symbols(
+            value, r"^t[A-Z0-9:]+$", "a Bitfinex trading pair (t + uppercase, e.g. tBTCUSD)"
+        )
+
+    @field_validator("binance_channels")
+    @classmethod
+    def _check_binance_channels(cls, value: list[str]) -> list[str]:
+        return _channels(value, BINANCE_CHANNELS, "Binance")
+
+    @field_validator("bybit_channels")
+    @classmethod
+    def _check_bybit_channels(cls, value: list[str]) -> list[str]:
+        return _channels(value, BYBIT_CHANNELS, "Bybit")
+
+    @field_validator("bitfinex_channels")
+    @classmethod
+    def _check_bitfinex_channels(cls, value: list[str]) -> list[str]:
+        return _channels(value, BITFINEX_CHANNELS, "Bitfinex")
+
+    @field_validator("bybit_orderbook_depth")
+    @classmethod
+    def _check_bybit_depth(cls, value: int) -> int:
+        if value not in BYBIT_DEPTHS:
+            raise ValueError(f"{value} is not one of {BYBIT_DEPTHS}")
+        return value
+
+    @field_validator("bitfinex_book_length")
+    @classmethod
+    def _check_bitfinex_length(cls, value: int) -> int:
+        if value not in BITFINEX_BOOK_LENGTHS:
+            raise ValueError(f"{value} is not one of {BITFINEX_BOOK_LENGTHS}")
+        return value
+
+    @field_validator("bitstamp_ws_url", "binance_ws_url", "bybit_ws_url", "bitfinex_ws_url")
     @classmethod
     def _check_ws_url(cls, value: str) -> str:
         parts = urlsplit(value)
@@ -439,7 +617,13 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not a ws:// or wss:// URL")
         return value
 
-    @field_validator("bitstamp_rest_url", "schema_registry_url")
+    @field_validator(
+        "bitstamp_rest_url",
+        "binance_rest_url",
+        "bybit_rest_url",
+        "bitfinex_rest_url",
+        "schema_registry_url",
+    )
     @classmethod
     def _check_http_url(cls, value: str | None) -> str | None:
         if value is None:
@@ -674,11 +858,13 @@ def _secret_files(data: dict[str, Any]) -> dict[str, str]:
 
 
 def unknown_env_vars(environ: dict[str, str] | None = None) -> list[str]:
-    """CONNECTOR_* variables that are no setting (likely typos); the caller warns."""
+    """CONNECTOR_* (and BITSTAMP_*, BINANCE_*, ...) variables that are no setting (likely
+    typos); the caller warns."""
     environ = dict(os.environ) if environ is None else environ
     known = {n.upper() for n in known_env_names()}
     known |= {env_name(n).upper() + "_FILE" for n in SECRET_FIELDS}
-    return sorted(k for k in environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known)
+    prefixes = (ENV_PREFIX, *(e.upper() + "_" for e in SUPPORTED_EXCHANGES))
+    return sorted(k for k in environ if k.upper().startswith(prefixes) and k.upper() not in known)
 
 
 def effective(settings: Settings) -> dict[str, Any]:

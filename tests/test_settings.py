@@ -17,7 +17,17 @@ from connector.settings import effective, env_name, load_settings, unknown_env_v
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in list(os.environ):
-        if k.startswith(("CONNECTOR_", "BITSTAMP_", "KAFKA_", "SCHEMA_REGISTRY")):
+        if k.startswith(
+            (
+                "CONNECTOR_",
+                "BITSTAMP_",
+                "BINANCE_",
+                "BYBIT_",
+                "BITFINEX_",
+                "KAFKA_",
+                "SCHEMA_REGISTRY",
+            )
+        ):
             monkeypatch.delenv(k)
 
 

@@ -1,0 +1,71 @@
+"""Field readers shared by the exchange decoders (pure). Each raises ``ProtocolError``
+naming the field, so a bad frame is dead-lettered with a reason, never half-decoded."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+
+from connector.errors import ProtocolError
+from connector.events import Level
+
+
+def loads(frame: bytes | str) -> Any:
+    try:
+        return orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("invalid_json", str(exc), frame) from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def loads_exact(frame: bytes | str) -> Any:
+    """JSON whose numbers are decimals: every non-integer number keeps its original text
+    (``"0.1"``, never the float 0.1000000000000000055…); integers stay ``int``."""
+    try:
+        return json.loads(frame, parse_float=str, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ProtocolError("invalid_json", str(exc), frame) from None
+
+
+def text(data: dict[str, Any], key: str) -> str:
+    value = data.get(key)
+    if isinstance(value, str) and value:
+        return value
+    if value is None:
+        raise ProtocolError("missing_field", f"no {key!r}")
+    raise ProtocolError("invalid_field", f"{key!r} is {value!r:.60}, not text")
+
+
+def integer(data: dict[str, Any], key: str) -> int:
+    value = data.get(key)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if value is None:
+        raise ProtocolError("missing_field", f"no {key!r}")
+    raise ProtocolError("invalid_field", f"{key!r} is {value!r:.60}, not an integer")
+
+
+def decimal_text(value: Any, what: str) -> str:
+    """A decimal given as text (or as an integer, or exact text from ``loads_exact``)."""
+    if isinstance(value, str) and value:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    raise ProtocolError("invalid_field", f"{what} is {value!r:.60}, not a decimal")
+
+
+def pairs(raw: Any, what: str) -> tuple[Level, ...]:
+    """``[["price", "amount"], ...]`` → levels."""
+    if not isinstance(raw, list):
+        raise ProtocolError("invalid_field", f"{what} is not a list")
+    out: list[Level] = []
+    for lv in raw:
+        if not (isinstance(lv, list) and len(lv) >= 2):
+            raise ProtocolError("invalid_field", f"{what} level {lv!r:.60}")
+        out.append((decimal_text(lv[0], f"{what} price"), decimal_text(lv[1], f"{what} amount")))
+    return tuple(out)
