@@ -42,7 +42,12 @@ def _parser() -> argparse.ArgumentParser:
         help="stop after this many seconds without messages (0: never)",
     )
     sub.add_parser("check-config", help="print the effective settings (secrets hidden)")
-    s = sub.add_parser("simulate", help="run a local Bitstamp-v2-compatible server")
+    s = sub.add_parser(
+        "simulate", help="run a local exchange server (Bitstamp v2, Binance, Bybit or Bitfinex)"
+    )
+    s.add_argument(
+        "--exchange", choices=("bitstamp", "binance", "bybit", "bitfinex"), default="bitstamp"
+    )
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
     s.add_argument(
@@ -120,6 +125,24 @@ async def _simulate(args: argparse.Namespace) -> int:
 
     from connector.simulate import Simulator
 
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    if args.exchange != "bitstamp":
+        from connector.venues import SERVERS
+
+        # Any market is served (streams start when first subscribed); REST on port + 1.
+        server = SERVERS[args.exchange](
+            rate=args.rate,
+            seed=args.seed,
+            host=args.host,
+            port=args.port,
+            rest_port=args.port + 1,
+            limit=args.events,
+        )
+        await server.serve_forever(stop)
+        return 0
     markets = tuple(m.strip() for m in args.markets.split(",") if m.strip())
     weights = {}
     for item in filter(None, (i.strip() for i in args.mix.split(","))):
@@ -138,10 +161,6 @@ async def _simulate(args: argparse.Namespace) -> int:
         book_depth=args.book_depth,
         rate_weights=weights,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
     await sim.serve_forever(stop)
     return 0
 

@@ -59,7 +59,17 @@ async def connector_process(env: dict[str, str], tmp_path: Path) -> AsyncIterato
     base = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("CONNECTOR_", "BITSTAMP_", "KAFKA_", "SCHEMA_REGISTRY"))
+        if not k.startswith(
+            (
+                "CONNECTOR_",
+                "BITSTAMP_",
+                "BINANCE_",
+                "BYBIT_",
+                "BITFINEX_",
+                "KAFKA_",
+                "SCHEMA_REGISTRY",
+            )
+        )
     }
     http_port = free_port()
     await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
