@@ -332,3 +332,80 @@ async def test_bitfinex_maintenance_pauses_liveness_and_reconnect_requests_hand_
     assert_book_matches(
         server, "tBTCUSD", records(consumed, f"{topic_prefix}.bitfinex.book.tBTCUSD")
     )
+
+
+async def test_two_replicas_share_all_four_exchanges_in_a_group(
+    broker: Broker, topic_prefix: str, tmp_path: Path
+) -> None:
+    """Scale-out is exchange-agnostic: subscriptions of every exchange are spread over the
+    replicas, each owned once; a subscription that moves is resumed from Kafka (Binance
+    trades: complete, through the REST backfill)."""
+    from contextlib import AsyncExitStack
+
+    from tests.test_scaleout import joined, owners, ownership
+
+    bitstamp = Simulator(markets=("btcusd",), rate=10, idle_trade_rate=10)
+    servers = {name: cls(rate=10) for name, cls in SERVERS.items()}
+    await bitstamp.start()
+    for s in servers.values():
+        await s.start()
+    env = {
+        **broker.env(),
+        "CONNECTOR_EXCHANGES": "bitstamp,binance,bybit,bitfinex",
+        "BITSTAMP_WS_URL": bitstamp.ws_url,
+        "BITSTAMP_REST_URL": bitstamp.rest_url,
+        "CONNECTOR_MARKETS": "btcusd",
+        "CONNECTOR_CHANNELS": "live_trades",
+        "CONNECTOR_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.{channel}.{market}",
+        "CONNECTOR_STATUS_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.status",
+        "CONNECTOR_DLQ_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.dlq",
+        "CONNECTOR_GROUP_ID": f"{topic_prefix}-group",
+        "CONNECTOR_ASSIGNMENT_PARTITIONS": "64",
+        "CONNECTOR_GROUP_SESSION_TIMEOUT_MS": "6000",
+    }
+    for name, s in servers.items():
+        env.update(env_for(name, s))
+    expected = {"bitstamp:live_trades:btcusd"} | {
+        f"{e}:{c}:{m}" for e, (ms, cs, _, _) in SETUPS.items() for m in ms for c in cs
+    }
+    topic = f"{topic_prefix}-group.assignments"
+    try:
+        async with AsyncExitStack() as stack:
+            first = await stack.enter_async_context(connector_process(env, tmp_path / "r0"))
+            await joined([first])
+            await asyncio.sleep(4)  # the first replica runs everything for a while
+            second = await stack.enter_async_context(connector_process(env, tmp_path / "r1"))
+            await joined([first, second])
+            async with asyncio.timeout(90):
+                while True:
+                    held = owners(await ownership(broker.bootstrap, topic))
+                    if set(held) == expected and len(set(held.values())) == 2:
+                        break
+                    await asyncio.sleep(1)
+            await asyncio.sleep(4)
+            for s in servers.values():
+                s.freeze()
+            await asyncio.sleep(2)
+            for r in (first, second):
+                assert await r.stop() == 0, r.log()[-3000:]
+        consumed = await consume_until(broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=4)
+    finally:
+        await bitstamp.stop()
+        for s in servers.values():
+            await s.stop()
+    by_exchange: dict[str, set[str]] = {}
+    for key, replica in held.items():
+        by_exchange.setdefault(replica, set()).add(key.split(":")[0])
+    print("exchanges per replica:", by_exchange)
+    for exchange, (markets, _, trade_channel, _) in SETUPS.items():
+        for market in markets:
+            ids = [
+                r["trade_id"]
+                for r in records(consumed, f"{topic_prefix}.{exchange}.{trade_channel}.{market}")
+            ]
+            assert ids and len(ids) == len(set(ids)), f"{exchange} {market}: duplicates"
+            made = made_ids(servers[exchange], exchange, trade_channel, market)
+            if exchange == "binance":
+                assert ids == made, f"binance {market}: not every trade, in order"
+            else:
+                assert set(ids) <= set(made)
