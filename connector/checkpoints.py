@@ -1,7 +1,8 @@
-"""Restart checkpoints: the last trade published per market, read back from Kafka.
+"""Restart checkpoints: the last trade published per trade topic, read back from Kafka.
 
 A fresh pod has no local state, but the trade topics know what was published. At start
-the connector reads the last record of each ``live_trades`` topic (every partition) and,
+the connector reads the last record of each trade topic (every exchange's channels whose
+record is ``connector.Trade``; every partition) and,
 with a spool, the last trade an earlier run left there (spooled, not yet in Kafka: it
 is newer), and treats the time since then as a gap (reason ``restart``): trades since that id are
 backfilled like after any other gap, so a restart or rolling deploy loses no trade.
@@ -42,7 +43,7 @@ async def last_trades(
     timeout_s: float = 20.0,
     client: dict[str, Any] | None = None,
 ) -> dict[str, Checkpoint]:
-    """``topics``: market → its live_trades topic. Returns market → last trade published.
+    """``topics``: key → a trade topic. Returns key → the last trade published there.
     Unreadable state is logged and skipped (the connector then starts without a
     restart backfill for that market, as it would on a first start)."""
     out = await last_records(
@@ -117,7 +118,8 @@ async def from_spool(
     decoder: AvroDecoder,
     registry: SchemaRegistryClient | None = None,
 ) -> dict[str, Checkpoint]:
-    """market → the last trade an earlier run left in the spool (not yet in Kafka)."""
+    """key → the last trade an earlier run left in the spool for that key's topic (not
+    yet in Kafka)."""
     by_topic = {t: m for m, t in topics.items()}
     last: dict[str, bytes] = {}
     for rec in records:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from connector.errors import ProtocolError, RestError
 from connector.events import (
     BookDelta,
     BookSnapshot,
@@ -284,8 +285,9 @@ class Gaps:
 
 class SnapshotGaps(Gaps):
     """For exchanges that send a full book on every (re)subscription (Bybit, Bitfinex):
-    a book's gap is closed by that snapshot, marked resync; trades use ``backfill``
-    (None: not recoverable, said in the status)."""
+    a book's gap is closed by that snapshot, marked resync. Trades are backfilled with
+    ``fetch_trades`` (a subclass's REST call: the trades since the gap began, oldest
+    first, and whether they surely cover the whole gap)."""
 
     book_channels: frozenset[str] = frozenset()
 
@@ -302,7 +304,22 @@ class SnapshotGaps(Gaps):
                     "the book snapshot sent on resubscription is marked resync",
                 )
         elif gap_start is not None:
-            self._close_gap_later(sub, gap_start, Recovery.NONE, 0, self.unrecoverable(sub))
+            sub.recovering = True  # hold live trades until the backfill is published
+            self._spawn(self._backfill(sub, gap_start))
 
-    def unrecoverable(self, sub: SubState) -> str:
-        return f"{sub.channel} events in the gap are not replayed by the exchange"
+    async def fetch_trades(self, sub: SubState, gap_start_us: int) -> tuple[list[Trade], str]:
+        """Trades since ``gap_start_us`` (oldest first) and, if they may not cover the
+        whole gap, why (empty: complete)."""
+        raise NotImplementedError
+
+    async def _backfill(self, sub: SubState, gap_start: int) -> None:
+        end = now_us()
+        try:
+            trades, incomplete = await self.fetch_trades(sub, gap_start)
+            recovery = Recovery.FAILED if incomplete else Recovery.BACKFILLED
+            detail = incomplete
+        except (RestError, ProtocolError) as exc:
+            trades, recovery, detail = [], Recovery.FAILED, f"backfill failed: {exc}"
+        published = await self._publish_backfill(sub, trades)
+        await self._release(sub)
+        await self._close_gap(sub, gap_start, recovery, published, detail, end)

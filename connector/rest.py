@@ -26,6 +26,11 @@ def _retriable(exc: BaseException) -> bool:
 class RestClient:
     """GET/POST with bounded retries and a request-rate limiter; JSON answers."""
 
+    @staticmethod
+    def parse(content: bytes) -> Any:
+        """The answer's JSON (a client whose numbers must stay exact overrides this)."""
+        return orjson.loads(content)
+
     def __init__(
         self,
         base_url: str,
@@ -72,8 +77,8 @@ class RestClient:
                 retry_after_s=float(after) if after.replace(".", "", 1).isdigit() else 0.0,
             )
         try:
-            body = orjson.loads(resp.content)
-        except orjson.JSONDecodeError as exc:
+            body = self.parse(resp.content)
+        except ValueError as exc:  # orjson.JSONDecodeError is one
             raise RestError(
                 f"{method} {path} sent invalid JSON: {resp.text:.200}", retriable=False
             ) from exc

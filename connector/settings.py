@@ -179,7 +179,7 @@ class Settings(BaseSettings):
     bybit_rest_url: str = Field(
         default="https://api.bybit.com",
         validation_alias=_alias("BYBIT_REST_URL", "bybit_rest_url"),
-        description="Bybit REST base URL (unused by public market data today; checked).",
+        description="Bybit REST base URL (trade backfill).",
     )
     bybit_markets: CommaList = Field(
         default=["BTCUSDT", "ETHUSDT"],

@@ -320,7 +320,8 @@ class VenueServer:
 
     async def _rest(self, request: web.Request) -> web.Response:
         status, body = self.rest(request.path, dict(request.query))
-        return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+        raw = body if isinstance(body, str) else orjson.dumps(body).decode()
+        return web.Response(text=raw, status=status, content_type="application/json")
 
     def rest(self, path: str, query: dict[str, str]) -> tuple[int, Any]:
         return 404, {"error": f"no route {path}"}
@@ -483,6 +484,31 @@ class BybitServer(VenueServer):
             return [_dumps({"topic": name, "type": "snapshot", "ts": now, "data": [event]})]
         return [_dumps({"topic": name, "type": "delta", "ts": now, "data": event, "cts": now})]
 
+    def rest(self, path: str, query: dict[str, str]) -> tuple[int, Any]:
+        if path != "/v5/market/recent-trade":
+            return 404, {"retCode": 10001, "retMsg": f"no route {path}"}
+        limit = min(int(query.get("limit", "60")), 60 if query.get("category") == "spot" else 1000)
+        recent = self.trades[query.get("symbol", "")][-limit:][::-1]  # newest first
+        rows = [
+            {
+                "execId": t.uid,
+                "symbol": query.get("symbol"),
+                "price": t.price,
+                "size": t.amount,
+                "side": "Buy" if t.buy else "Sell",
+                "time": str(t.ts_ms),
+                "isBlockTrade": False,
+            }
+            for t in recent
+        ]
+        result = {"category": query.get("category"), "list": rows}
+        return 200, {
+            "retCode": 0,
+            "retMsg": "OK",
+            "result": result,
+            "time": time.time_ns() // 10**6,
+        }
+
     def snapshot(self, name: str, market: str) -> str:
         book = self.book(market)
         depth = int(name.split(".")[1])
@@ -588,6 +614,17 @@ class BitfinexServer(VenueServer):
             f"[{chan},{entry},{self._seq(conn)}]",
             f'[{chan},"cs",{crc},{self._seq(conn)}]',
         ]
+
+    def rest(self, path: str, query: dict[str, str]) -> tuple[int, Any]:
+        parts = path.strip("/").split("/")
+        if len(parts) != 4 or parts[:2] != ["v2", "trades"] or parts[3] != "hist":
+            return 404, ["error", 10020, f"no route {path}"]
+        start = int(query.get("start", "0"))
+        limit = int(query.get("limit", "125"))
+        rows = [t for t in self.trades[parts[2]] if t.ts_ms >= start]
+        if query.get("sort") != "1":
+            rows = rows[::-1]
+        return 200, "[" + ",".join(self._trade_text(t) for t in rows[:limit]) + "]"
 
     async def opened(self, conn: Conn) -> None:
         await conn.ws.send(

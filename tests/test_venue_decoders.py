@@ -420,3 +420,68 @@ def test_bad_exchange_settings_name_the_problem(
     with pytest.raises(ConfigError) as info:
         load_settings()
     assert message in str(info.value)
+
+
+# --- REST backfill parsing and completeness --------------------------------------------
+class _Rest:
+    def __init__(self, payload: object) -> None:
+        self.payload = payload
+        self.calls: list[tuple[object, ...]] = []
+
+    async def recent_trades(self, *args: object) -> object:
+        self.calls.append(args)
+        return self.payload
+
+
+def _bybit_rows(times: list[int]) -> dict[str, object]:
+    rows = [
+        {
+            "execId": f"id{t}",
+            "symbol": "BTCUSDT",
+            "price": "16618.49",
+            "size": "0.00012",
+            "side": "Sell",
+            "time": str(t),
+            "isBlockTrade": False,
+        }
+        for t in sorted(times, reverse=True)  # newest first, as Bybit sends them
+    ]
+    return {"retCode": 0, "retMsg": "OK", "result": {"category": "spot", "list": rows}}
+
+
+async def test_bybit_backfill_says_when_the_rest_window_does_not_reach_the_gap() -> None:
+    from connector.bybit.adapter import BybitGaps, category_of
+    from connector.gaps import SubState
+    from connector.metrics import Metrics
+    from connector.recent import RecentTrades
+
+    assert category_of("wss://stream.bybit.com/v5/public/linear") == "linear"
+    assert category_of("ws://127.0.0.1:9") == "spot"
+    sub = SubState("publicTrade", "BTCUSDT", "publicTrade.BTCUSDT")
+    gap_start_ms = 1_700_000_000_000
+    # 60 spot trades, all inside the gap: the window may not reach its start
+    full = _Rest(_bybit_rows([gap_start_ms + i for i in range(60)]))
+    gaps = BybitGaps(None, full, "spot", RecentTrades(), Metrics())  # type: ignore[arg-type]
+    trades, why = await gaps.fetch_trades(sub, gap_start_ms * 1000)
+    assert len(trades) == 60 and "reaches back only to" in why
+    assert full.calls == [("spot", "BTCUSDT", 60)]
+    assert [t.trade_id for t in trades][:2] == [f"id{gap_start_ms}", f"id{gap_start_ms + 1}"]
+    assert trades[0].side is Side.SELL and trades[0].backfilled
+    # the window reaches before the gap: complete, older trades left out
+    covered = _Rest(_bybit_rows([gap_start_ms - 5 + i for i in range(60)]))
+    gaps = BybitGaps(None, covered, "spot", RecentTrades(), Metrics())  # type: ignore[arg-type]
+    trades, why = await gaps.fetch_trades(sub, gap_start_ms * 1000)
+    assert why == "" and len(trades) == 56  # from one ms before the gap's start
+
+
+def test_bitfinex_rest_trades_keep_exact_numbers() -> None:
+    from connector.bitfinex.adapter import BitfinexRest, rest_trades
+
+    payload = BitfinexRest.parse(
+        b"[[1,1574694475039,-0.10000000000000001,7245.3],[2,1574694475040,3,7245]]"
+    )
+    trades = rest_trades(payload, "tBTCUSD", connection_id="c", receive_ts_us=RTS)
+    assert [(t.trade_id, t.amount, t.price, t.side) for t in trades] == [
+        ("1", "0.10000000000000001", "7245.3", Side.SELL),
+        ("2", "3", "7245", Side.BUY),
+    ]

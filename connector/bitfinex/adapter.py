@@ -1,14 +1,14 @@
 """Bitfinex v2 public channels behind the adapter interface.
 
 Recovery: a (re)subscription sends a full book snapshot (published as a resync) and a
-trades snapshot with the latest trades, which refills the end of a gap (trades already
-published are dropped by id). Older trades in a long gap are not fetched; the gap's
-status says so.
+trades snapshot with the latest trades (already published ones are dropped by id); the
+rest of a trade gap comes from REST ``/v2/trades/{symbol}/hist`` (oldest first from the
+gap's start, up to 10000 trades: a longer gap is reported FAILED).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from connector.bitfinex.decoder import BitfinexProtocol
 from connector.bitfinex.protocol import (
@@ -17,8 +17,12 @@ from connector.bitfinex.protocol import (
     MAX_CHANNELS_PER_CONNECTION,
     channel_key,
 )
+from connector.errors import ProtocolError
+from connector.events import Side, Trade
 from connector.exchange import Adapter, WireProtocol
-from connector.gaps import Gaps, SnapshotGaps, SubState
+from connector.gaps import Gaps, SnapshotGaps, SubState, now_us
+from connector.rest import RestClient
+from connector.wire import decimal_text, loads_exact
 
 if TYPE_CHECKING:
     from connector.metrics import Metrics
@@ -27,15 +31,73 @@ if TYPE_CHECKING:
     from connector.settings import Settings
 
 
+HIST_LIMIT = 10_000
+
+
+class BitfinexRest(RestClient):
+    @staticmethod
+    def parse(content: bytes) -> Any:
+        return loads_exact(content)  # prices and amounts are JSON numbers: keep the text
+
+    async def trades(self, symbol: str, start_ms: int) -> Any:
+        return await self._get(
+            f"/v2/trades/{symbol}/hist",
+            {"start": str(start_ms), "limit": str(HIST_LIMIT), "sort": "1"},
+        )
+
+
+def rest_trades(
+    payload: Any, market: str, *, connection_id: str, receive_ts_us: int
+) -> list[Trade]:
+    """``[[ID, MTS, AMOUNT, PRICE], ...]`` → backfilled Trades, as sent (oldest first)."""
+    if not isinstance(payload, list):
+        raise ProtocolError("invalid_field", f"trades/hist answered {payload!r:.200}")
+    out = []
+    for entry in payload:
+        if not (isinstance(entry, list) and len(entry) >= 4):
+            raise ProtocolError("invalid_field", f"trade {entry!r:.60}")
+        trade_id, mts = entry[0], entry[1]
+        if not isinstance(trade_id, int) or not isinstance(mts, int):
+            raise ProtocolError("invalid_field", f"trade id/time {entry[:2]!r:.60}")
+        amount = decimal_text(entry[2], "amount")
+        out.append(
+            Trade(
+                exchange=EXCHANGE,
+                market=market,
+                channel="trades",
+                exchange_ts_us=mts * 1000,
+                exchange_ts_raw=str(mts),
+                receive_ts_us=receive_ts_us,
+                connection_id=connection_id,
+                sequence=0,
+                trade_id=str(trade_id),
+                price=decimal_text(entry[3], "price"),
+                amount=amount.removeprefix("-"),
+                side=Side.SELL if amount.startswith("-") else Side.BUY,
+                backfilled=True,
+            )
+        )
+    return out
+
+
 class BitfinexGaps(SnapshotGaps):
     exchange = EXCHANGE
     book_channels = frozenset({"book"})
 
-    def unrecoverable(self, sub: SubState) -> str:
-        return (
-            "the trades snapshot sent on resubscription (the latest trades) refills the "
-            "gap's end; older trades in the gap are not fetched"
+    def __init__(
+        self, publisher: Publisher, rest: BitfinexRest, recent: RecentTrades, metrics: Metrics
+    ) -> None:
+        super().__init__(publisher, recent, metrics)
+        self._rest = rest
+
+    async def fetch_trades(self, sub: SubState, gap_start_us: int) -> tuple[list[Trade], str]:
+        payload = await self._rest.trades(sub.market, gap_start_us // 1000 - 1)
+        trades = rest_trades(
+            payload, sub.market, connection_id=self.connection_id, receive_ts_us=now_us()
         )
+        if len(trades) >= HIST_LIMIT:
+            return trades, f"over {HIST_LIMIT} trades since the gap began: the rest is missing"
+        return trades, ""
 
 
 class BitfinexAdapter(Adapter):
@@ -45,6 +107,8 @@ class BitfinexAdapter(Adapter):
 
     def __init__(self, settings: Settings) -> None:
         super().__init__(settings, settings.bitfinex_ws_url, settings.bitfinex_rest_url)
+        # trades/hist allows 15 requests a minute
+        self.rest = BitfinexRest(settings.bitfinex_rest_url, max_per_second=0.25)
 
     def plan(self) -> tuple[list[tuple[str, str]], list[tuple[str, str]], str]:
         s = self.settings
@@ -57,4 +121,7 @@ class BitfinexAdapter(Adapter):
         return BitfinexProtocol(connection_id, self.settings.bitfinex_book_length)
 
     def new_gaps(self, publisher: Publisher, recent: RecentTrades, metrics: Metrics) -> Gaps:
-        return BitfinexGaps(publisher, recent, metrics)
+        return BitfinexGaps(publisher, self.rest, recent, metrics)
+
+    async def aclose(self) -> None:
+        await self.rest.close()
