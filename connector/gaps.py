@@ -24,7 +24,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -218,6 +218,28 @@ class Gaps:
                 published += 1
         self._metrics.backfilled.labels(self.exchange).inc(published)
         return published
+
+    async def _resync_from(
+        self, sub: SubState, gap_start: int | None, fetch: Callable[[], Awaitable[BookDelta]]
+    ) -> None:
+        """Publishes a REST book snapshot (``resync=True``) before the held diffs; diffs
+        older than it are dropped (by update id when it has one, else by time)."""
+        end = now_us()
+        recovery, detail, published = Recovery.RESYNCED, "", 0
+        try:
+            snapshot = await fetch()
+            await self._publisher.publish(snapshot, time.time())
+            if snapshot.exchange_sequence is not None:
+                sub.cutoff_seq = snapshot.exchange_sequence
+            else:
+                sub.cutoff_us = snapshot.exchange_ts_us
+            published = 1
+        except (RestError, ProtocolError) as exc:
+            recovery, detail = Recovery.FAILED, f"snapshot failed: {exc}"
+            log.error("%s: no REST snapshot (%s); diffs follow without a resync", sub.name, exc)
+        await self._release(sub)
+        if gap_start is not None:
+            await self._close_gap(sub, gap_start, recovery, published, detail, end)
 
     def _close_gap_later(
         self, sub: SubState, start: int, recovery: Recovery, recovered: int, detail: str

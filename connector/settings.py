@@ -48,6 +48,9 @@ from connector.errors import ConfigError
 
 ENV_PREFIX = "CONNECTOR_"
 SUPPORTED_EXCHANGES = ("bitstamp", "binance", "bybit", "bitfinex")
+EXCHANGE_ENV_PREFIXES = tuple(e.upper() + "_" for e in SUPPORTED_EXCHANGES)
+# Every environment variable the connector reads starts with one of these.
+INTERFACE_ENV_PREFIXES = (ENV_PREFIX, *EXCHANGE_ENV_PREFIXES, "KAFKA_", "SCHEMA_REGISTRY")
 _TOPIC_FIELDS = {"exchange", "channel", "market"}
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 _MARKET_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
@@ -863,7 +866,7 @@ def unknown_env_vars(environ: dict[str, str] | None = None) -> list[str]:
     environ = dict(os.environ) if environ is None else environ
     known = {n.upper() for n in known_env_names()}
     known |= {env_name(n).upper() + "_FILE" for n in SECRET_FIELDS}
-    prefixes = (ENV_PREFIX, *(e.upper() + "_" for e in SUPPORTED_EXCHANGES))
+    prefixes = (ENV_PREFIX, *EXCHANGE_ENV_PREFIXES)
     return sorted(k for k in environ if k.upper().startswith(prefixes) and k.upper() not in known)
 
 

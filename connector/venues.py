@@ -331,6 +331,20 @@ def _dumps(obj: Any) -> str:
     return orjson.dumps(obj).decode()
 
 
+def _agg(t: Trade) -> dict[str, Any]:
+    """A Binance aggregate trade (stream and REST share these fields)."""
+    return {
+        "a": t.id,
+        "p": t.price,
+        "q": t.amount,
+        "f": t.id * 2,
+        "l": t.id * 2 + 1,
+        "T": t.ts_ms,
+        "m": not t.buy,
+        "M": True,
+    }
+
+
 class BinanceServer(VenueServer):
     name = "binance"
 
@@ -354,20 +368,7 @@ class BinanceServer(VenueServer):
                 "M": True,
             }
         if channel == "aggTrade":
-            t = self.new_trade(market + "@agg")
-            return {
-                "e": "aggTrade",
-                "E": now,
-                "s": sym,
-                "a": t.id,
-                "p": t.price,
-                "q": t.amount,
-                "f": t.id * 2,
-                "l": t.id * 2 + 1,
-                "T": t.ts_ms,
-                "m": not t.buy,
-                "M": True,
-            }
+            return {"e": "aggTrade", "E": now, "s": sym, **_agg(self.new_trade(market + "@agg"))}
         if channel == "depth":
             first, last, (bid, price, amount) = self.book_step(market)
             side = [[price, amount]]
@@ -433,19 +434,7 @@ class BinanceServer(VenueServer):
             else:
                 out = [t for t in trades if t.ts_ms >= int(query.get("startTime", "0"))]
             out = out[: int(query.get("limit", "500"))]
-            return 200, [
-                {
-                    "a": t.id,
-                    "p": t.price,
-                    "q": t.amount,
-                    "f": t.id * 2,
-                    "l": t.id * 2 + 1,
-                    "T": t.ts_ms,
-                    "m": not t.buy,
-                    "M": True,
-                }
-                for t in out
-            ]
+            return 200, [_agg(t) for t in out]
         return 404, {"code": -1, "msg": f"no route {path}"}
 
 

@@ -4,12 +4,24 @@ naming the field, so a bad frame is dead-lettered with a reason, never half-deco
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
 
 from connector.errors import ProtocolError
 from connector.events import Level
+
+
+@contextmanager
+def about(frame: bytes | str) -> Iterator[None]:
+    """A ProtocolError raised inside keeps the whole frame (for the dead letter)."""
+    try:
+        yield
+    except ProtocolError as exc:
+        exc.frame = frame
+        raise
 
 
 def loads(frame: bytes | str) -> Any:

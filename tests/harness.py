@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer
 from connector.avro import AvroDecoder, load_schemas
 from connector.embedded import free_port
 from connector.registry import SchemaRegistryClient
+from connector.settings import INTERFACE_ENV_PREFIXES
 
 
 def metric_value(text: str, line_start: str) -> float | None:
@@ -56,21 +57,7 @@ class Running:
 
 @asynccontextmanager
 async def connector_process(env: dict[str, str], tmp_path: Path) -> AsyncIterator[Running]:
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(
-            (
-                "CONNECTOR_",
-                "BITSTAMP_",
-                "BINANCE_",
-                "BYBIT_",
-                "BITFINEX_",
-                "KAFKA_",
-                "SCHEMA_REGISTRY",
-            )
-        )
-    }
+    base = {k: v for k, v in os.environ.items() if not k.startswith(INTERFACE_ENV_PREFIXES)}
     http_port = free_port()
     await asyncio.to_thread(tmp_path.mkdir, parents=True, exist_ok=True)
     log_path = tmp_path / "connector.log"

@@ -59,6 +59,17 @@ def env_for(exchange: str, server: VenueServer) -> dict[str, str]:
     }
 
 
+def base_env(broker: Broker, prefix: str, exchanges: str, **extra: str) -> dict[str, str]:
+    return {
+        **broker.env(),
+        "CONNECTOR_EXCHANGES": exchanges,
+        "CONNECTOR_TOPIC_TEMPLATE": prefix + ".{exchange}.{channel}.{market}",
+        "CONNECTOR_STATUS_TOPIC_TEMPLATE": prefix + ".{exchange}.status",
+        "CONNECTOR_DLQ_TOPIC_TEMPLATE": prefix + ".{exchange}.dlq",
+        **extra,
+    }
+
+
 def records(consumed: Consumed, topic: str) -> list[dict[str, Any]]:
     return [r for _, _, _, r in consumed.by_topic.get(topic, [])]
 
@@ -117,15 +128,11 @@ async def test_all_four_exchanges_publish_at_once(
     for s in servers.values():
         await s.start()
     env = {
-        **broker.env(),
-        "CONNECTOR_EXCHANGES": "bitstamp,binance,bybit,bitfinex",
+        **base_env(broker, topic_prefix, "bitstamp,binance,bybit,bitfinex"),
         "BITSTAMP_WS_URL": bitstamp.ws_url,
         "BITSTAMP_REST_URL": bitstamp.rest_url,
         "CONNECTOR_MARKETS": "btcusd",
         "CONNECTOR_CHANNELS": "live_trades,live_orders",
-        "CONNECTOR_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.{channel}.{market}",
-        "CONNECTOR_STATUS_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.status",
-        "CONNECTOR_DLQ_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.dlq",
     }
     for name, s in servers.items():
         env.update(env_for(name, s))
@@ -190,12 +197,8 @@ async def test_book_break_drop_and_stall_are_recovered(
     markets, channels, trade_channel, book_channel = SETUPS[exchange]
     market = markets[0]
     env = {
-        **broker.env(),
+        **base_env(broker, topic_prefix, exchange),
         **env_for(exchange, server),
-        "CONNECTOR_EXCHANGES": exchange,
-        "CONNECTOR_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.{channel}.{market}",
-        "CONNECTOR_STATUS_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.status",
-        "CONNECTOR_DLQ_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.dlq",
         "CONNECTOR_HEARTBEAT_INTERVAL_S": "1",
         "CONNECTOR_HEARTBEAT_TIMEOUT_S": "1",
         "CONNECTOR_RECONNECT_BACKOFF_MAX_S": "1",
@@ -271,12 +274,8 @@ async def test_bitfinex_maintenance_pauses_liveness_and_reconnect_requests_hand_
     server = SERVERS["bitfinex"](rate=20)
     await server.start()
     env = {
-        **broker.env(),
+        **base_env(broker, topic_prefix, "bitfinex"),
         **env_for("bitfinex", server),
-        "CONNECTOR_EXCHANGES": "bitfinex",
-        "CONNECTOR_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.{channel}.{market}",
-        "CONNECTOR_STATUS_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.status",
-        "CONNECTOR_DLQ_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.dlq",
         "CONNECTOR_HEARTBEAT_INTERVAL_S": "1",
         "CONNECTOR_HEARTBEAT_TIMEOUT_S": "1",
     }
@@ -350,15 +349,11 @@ async def test_two_replicas_share_all_four_exchanges_in_a_group(
     for s in servers.values():
         await s.start()
     env = {
-        **broker.env(),
-        "CONNECTOR_EXCHANGES": "bitstamp,binance,bybit,bitfinex",
+        **base_env(broker, topic_prefix, "bitstamp,binance,bybit,bitfinex"),
         "BITSTAMP_WS_URL": bitstamp.ws_url,
         "BITSTAMP_REST_URL": bitstamp.rest_url,
         "CONNECTOR_MARKETS": "btcusd",
         "CONNECTOR_CHANNELS": "live_trades",
-        "CONNECTOR_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.{channel}.{market}",
-        "CONNECTOR_STATUS_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.status",
-        "CONNECTOR_DLQ_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.dlq",
         "CONNECTOR_GROUP_ID": f"{topic_prefix}-group",
         "CONNECTOR_ASSIGNMENT_PARTITIONS": "64",
         "CONNECTOR_GROUP_SESSION_TIMEOUT_MS": "6000",

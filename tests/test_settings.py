@@ -11,23 +11,19 @@ import orjson
 import pytest
 
 from connector.errors import ConfigError
-from connector.settings import effective, env_name, load_settings, unknown_env_vars
+from connector.settings import (
+    INTERFACE_ENV_PREFIXES,
+    effective,
+    env_name,
+    load_settings,
+    unknown_env_vars,
+)
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for k in list(os.environ):
-        if k.startswith(
-            (
-                "CONNECTOR_",
-                "BITSTAMP_",
-                "BINANCE_",
-                "BYBIT_",
-                "BITFINEX_",
-                "KAFKA_",
-                "SCHEMA_REGISTRY",
-            )
-        ):
+        if k.startswith(INTERFACE_ENV_PREFIXES):
             monkeypatch.delenv(k)
 
 

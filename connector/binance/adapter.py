@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from typing import TYPE_CHECKING, Any
 
 from connector.binance.decoder import BinanceProtocol
@@ -193,9 +192,7 @@ class BinanceGaps(Gaps):
         await self._close_gap(sub, gap_start, recovery, published, detail, end)
 
     async def _resync(self, sub: SubState, gap_start: int | None) -> None:
-        end = now_us()
-        recovery, detail, published = Recovery.RESYNCED, "", 0
-        try:
+        async def fetch() -> BookDelta:
             for attempt in range(SNAPSHOT_TRIES):
                 snapshot = rest_book(
                     await self._rest.depth(sub.market.upper()),
@@ -209,15 +206,9 @@ class BinanceGaps(Gaps):
                 if first_u is None or last_id + 1 >= first_u or attempt == SNAPSHOT_TRIES - 1:
                     break
                 await asyncio.sleep(0.5)  # the snapshot is older than the stream: again
-            await self._publisher.publish(snapshot, time.time())
-            sub.cutoff_seq = snapshot.exchange_sequence
-            published = 1
-        except (RestError, ProtocolError) as exc:
-            recovery, detail = Recovery.FAILED, f"snapshot failed: {exc}"
-            log.error("%s: no REST snapshot (%s); diffs follow without a resync", sub.name, exc)
-        await self._release(sub)
-        if gap_start is not None:
-            await self._close_gap(sub, gap_start, recovery, published, detail, end)
+            return snapshot
+
+        await self._resync_from(sub, gap_start, fetch)
 
     def _joined(self, sub: SubState, first: BookDelta) -> None:
         assert sub.cutoff_seq is not None

@@ -26,7 +26,7 @@ from connector.events import (
     Trade,
     UnsubscriptionSucceeded,
 )
-from connector.wire import integer, loads, pairs, text
+from connector.wire import about, integer, loads, pairs, text
 
 
 class BinanceProtocol:
@@ -72,14 +72,11 @@ class BinanceProtocol:
         msg = loads(frame)
         if not isinstance(msg, dict):
             raise ProtocolError("not_an_object", f"frame is a JSON {type(msg).__name__}", frame)
-        try:
+        with about(frame):
             if "stream" in msg:
                 return self._event(msg, receive_ts_us)
             if "id" in msg:
                 return self._reply(msg)
-        except ProtocolError as exc:
-            exc.frame = frame
-            raise
         raise ProtocolError("unknown_event", "neither a stream event nor a reply", frame)
 
     def _reply(self, msg: dict[str, Any]) -> list[Message]:

@@ -42,7 +42,7 @@ from connector.events import (
     Trade,
     UnsubscriptionSucceeded,
 )
-from connector.wire import decimal_text, loads_exact
+from connector.wire import about, decimal_text, loads_exact
 
 
 def _num(value: Any, what: str) -> str:
@@ -98,14 +98,11 @@ class BitfinexProtocol:
     # --- frames received ---------------------------------------------------------------
     def feed(self, frame: bytes | str, receive_ts_us: int) -> list[Message]:
         msg = loads_exact(frame)
-        try:
+        with about(frame):
             if isinstance(msg, dict):
                 return self._event(msg)
             if isinstance(msg, list) and msg and isinstance(msg[0], int):
                 return self._data(msg, receive_ts_us)
-        except ProtocolError as exc:
-            exc.frame = frame
-            raise
         raise ProtocolError("unknown_event", "neither an event object nor a channel array", frame)
 
     def _event(self, msg: dict[str, Any]) -> list[Message]:

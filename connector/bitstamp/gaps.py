@@ -18,7 +18,6 @@ Status event of kind SEQUENCE_BREAK.
 from __future__ import annotations
 
 import logging
-import time
 
 from connector.bitstamp.protocol import EXCHANGE
 from connector.bitstamp.recovery import (
@@ -28,7 +27,7 @@ from connector.bitstamp.recovery import (
 )
 from connector.bitstamp.rest import BitstampRest
 from connector.errors import ProtocolError, RestError
-from connector.events import Recovery
+from connector.events import BookDelta, Recovery
 from connector.gaps import Gaps, SubState, now_us
 from connector.metrics import Metrics
 from connector.pipeline import Publisher
@@ -108,19 +107,10 @@ class BitstampGaps(Gaps):
         await self._close_gap(sub, gap_start, recovery, published, detail, end)
 
     async def _resync_diffs(self, sub: SubState, gap_start: int | None) -> None:
-        end = now_us()
-        recovery, detail, published = Recovery.RESYNCED, "", 0
-        try:
+        async def fetch() -> BookDelta:
             payload = await self._rest.order_book(sub.market)
-            snapshot = snapshot_from_rest(
+            return snapshot_from_rest(
                 payload, sub.market, connection_id=self.connection_id, receive_ts_us=now_us()
             )
-            await self._publisher.publish(snapshot, time.time())
-            sub.cutoff_us = snapshot.exchange_ts_us
-            published = 1
-        except (RestError, ProtocolError) as exc:
-            recovery, detail = Recovery.FAILED, f"snapshot failed: {exc}"
-            log.error("%s: no REST snapshot (%s); diffs follow without a resync", sub.name, exc)
-        await self._release(sub)
-        if gap_start is not None:
-            await self._close_gap(sub, gap_start, recovery, published, detail, end)
+
+        await self._resync_from(sub, gap_start, fetch)

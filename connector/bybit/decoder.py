@@ -26,7 +26,7 @@ from connector.events import (
     Trade,
     UnsubscriptionSucceeded,
 )
-from connector.wire import integer, loads, pairs, text
+from connector.wire import about, integer, loads, pairs, text
 
 _SIDES = {"Buy": Side.BUY, "Sell": Side.SELL}
 
@@ -74,14 +74,11 @@ class BybitProtocol:
         msg = loads(frame)
         if not isinstance(msg, dict):
             raise ProtocolError("not_an_object", f"frame is a JSON {type(msg).__name__}", frame)
-        try:
+        with about(frame):
             if "topic" in msg:
                 return self._event(msg, receive_ts_us)
             if "op" in msg:
                 return self._reply(msg)
-        except ProtocolError as exc:
-            exc.frame = frame
-            raise
         raise ProtocolError("unknown_event", "neither a topic event nor a reply", frame)
 
     def _reply(self, msg: dict[str, Any]) -> list[Message]:
