@@ -31,6 +31,19 @@ def loads(frame: bytes | str) -> Any:
         raise ProtocolError("invalid_json", str(exc), frame) from None
 
 
+def load_object(frame: bytes | str) -> dict[str, Any]:
+    """A frame that must be a JSON object."""
+    msg = loads(frame)
+    if not isinstance(msg, dict):
+        raise ProtocolError("not_an_object", f"frame is a JSON {type(msg).__name__}", frame)
+    return msg
+
+
+def batches(names: list[str], size: int) -> list[list[str]]:
+    """Names in requests of at most ``size`` (an exchange's per-request limit)."""
+    return [names[i : i + size] for i in range(0, len(names), size)]
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number")
 

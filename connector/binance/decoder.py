@@ -26,7 +26,7 @@ from connector.events import (
     Trade,
     UnsubscriptionSucceeded,
 )
-from connector.wire import about, integer, loads, pairs, text
+from connector.wire import about, batches, integer, load_object, pairs, text
 
 
 class BinanceProtocol:
@@ -53,25 +53,17 @@ class BinanceProtocol:
         for name in names:  # a new subscription: a new diff chain
             self._last_u.pop(name, None)
             self._broken.discard(name)
-        return [
-            self._request("SUBSCRIBE", names[i : i + NAMES_PER_FRAME])
-            for i in range(0, len(names), NAMES_PER_FRAME)
-        ]
+        return [self._request("SUBSCRIBE", b) for b in batches(names, NAMES_PER_FRAME)]
 
     def unsubscribe(self, names: list[str]) -> list[str]:
-        return [
-            self._request("UNSUBSCRIBE", names[i : i + NAMES_PER_FRAME])
-            for i in range(0, len(names), NAMES_PER_FRAME)
-        ]
+        return [self._request("UNSUBSCRIBE", b) for b in batches(names, NAMES_PER_FRAME)]
 
     def ping(self) -> str:
         return self._request("LIST_SUBSCRIPTIONS", [])
 
     # --- frames received ---------------------------------------------------------------
     def feed(self, frame: bytes | str, receive_ts_us: int) -> list[Message]:
-        msg = loads(frame)
-        if not isinstance(msg, dict):
-            raise ProtocolError("not_an_object", f"frame is a JSON {type(msg).__name__}", frame)
+        msg = load_object(frame)
         with about(frame):
             if "stream" in msg:
                 return self._event(msg, receive_ts_us)

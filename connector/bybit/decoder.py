@@ -26,7 +26,7 @@ from connector.events import (
     Trade,
     UnsubscriptionSucceeded,
 )
-from connector.wire import about, integer, loads, pairs, text
+from connector.wire import about, batches, integer, load_object, pairs, text
 
 _SIDES = {"Buy": Side.BUY, "Sell": Side.SELL}
 
@@ -52,10 +52,7 @@ class BybitProtocol:
         return orjson.dumps(body).decode()
 
     def _batched(self, op: str, names: list[str]) -> list[str]:
-        return [
-            self._request(op, names[i : i + ARGS_PER_REQUEST])
-            for i in range(0, len(names), ARGS_PER_REQUEST)
-        ]
+        return [self._request(op, b) for b in batches(names, ARGS_PER_REQUEST)]
 
     def subscribe(self, names: list[str]) -> list[str]:
         for name in names:
@@ -71,9 +68,7 @@ class BybitProtocol:
 
     # --- frames received ---------------------------------------------------------------
     def feed(self, frame: bytes | str, receive_ts_us: int) -> list[Message]:
-        msg = loads(frame)
-        if not isinstance(msg, dict):
-            raise ProtocolError("not_an_object", f"frame is a JSON {type(msg).__name__}", frame)
+        msg = load_object(frame)
         with about(frame):
             if "topic" in msg:
                 return self._event(msg, receive_ts_us)
