@@ -120,6 +120,7 @@ class _Link:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     failure: str = ""
     dedup: dict[str, Dedup] | None = None
+    resyncs: list[Resync] = field(default_factory=list)  # breaks seen while buffering
 
 
 class Connection:
@@ -506,6 +507,11 @@ class Connection:
             held, msg, receive_ts = new.buffer.popleft()
             await self._deliver(new, held, msg, receive_ts)
         new.buffering = False  # no await since the buffer was seen empty: order holds
+        for brk in new.resyncs:
+            broken = self.subs.get(brk.channel)
+            if broken is not None and broken.confirmed:
+                self._resync_wanted(broken, brk.reason, brk.detail)
+        new.resyncs.clear()
         dropped = sum(d.dropped for d in (new.dedup or {}).values())
         log.info(
             "[conn %d %s] handover (%s) from %s complete: %s, %d buffered event(s), %d "
@@ -737,6 +743,8 @@ class Connection:
             )
         elif isinstance(msg, Maintenance):
             link.paused = msg.active
+        elif isinstance(msg, Resync):
+            link.resyncs.append(msg)  # acted on once this connection took over
 
     def _maintenance(self, msg: Maintenance, link: _Link) -> None:
         link.paused = msg.active
