@@ -135,6 +135,7 @@ class Connection:
         gaps: Gaps,
     ) -> None:
         self.index = index
+        self.tag = f"{adapter.name} {index}"  # log lines: which exchange, which connection
         self.gaps = gaps
         self.adapter = adapter
         self.exchange = adapter.name
@@ -182,8 +183,8 @@ class Connection:
                         await self._unsubscribed.wait()
             except (TimeoutError, ConnectionClosed):
                 log.warning(
-                    "[conn %d %s] %d unsubscription(s) not confirmed; giving them up anyway",
-                    self.index,
+                    "[%s %s] %d unsubscription(s) not confirmed; giving them up anyway",
+                    self.tag,
                     self.connection_id,
                     sum(1 for s in live if s.confirmed),
                 )
@@ -203,9 +204,7 @@ class Connection:
                     await self._session(stop)
                 except _Reconnect as exc:
                     reason, immediate = exc.reason, exc.immediate
-                    log.warning(
-                        "[conn %d %s] connection ended: %s", self.index, self.connection_id, exc
-                    )
+                    log.warning("[%s %s] connection ended: %s", self.tag, self.connection_id, exc)
                 except InvalidURI as exc:
                     raise ConfigError(
                         f"{self.exchange.upper()}_WS_URL is not a valid WebSocket URI: {exc}"
@@ -213,20 +212,18 @@ class Connection:
                 except InvalidStatus as exc:
                     status = exc.response.status_code
                     reason, immediate = f"http_{status}", False
-                    log.warning("[conn %d] handshake rejected with HTTP %d", self.index, status)
+                    log.warning("[%s] handshake rejected with HTTP %d", self.tag, status)
                 except ConnectionClosed as exc:
                     reason, immediate = type(exc).__name__, False
                     if exc.sent is not None and exc.sent.code == CloseCode.MESSAGE_TOO_BIG:
                         reason = "frame_too_large"
                         await self._too_big(exc)
-                    log.warning(
-                        "[conn %d %s] connection lost: %r", self.index, self.connection_id, exc
-                    )
+                    log.warning("[%s %s] connection lost: %r", self.tag, self.connection_id, exc)
                 except (OSError, InvalidHandshake, TimeoutError) as exc:
                     reason, immediate = type(exc).__name__, False
                     log.warning(
-                        "[conn %d %s] connection to %s failed: %r",
-                        self.index,
+                        "[%s %s] connection to %s failed: %r",
+                        self.tag,
                         self.connection_id,
                         self.adapter.ws_url,
                         exc,
@@ -251,8 +248,8 @@ class Connection:
                 )
                 attempt = 0 if immediate else attempt + 1
                 log.info(
-                    "[conn %d] reconnecting in %.2fs (attempt %d, reason %s)",
-                    self.index,
+                    "[%s] reconnecting in %.2fs (attempt %d, reason %s)",
+                    self.tag,
                     delay,
                     attempt,
                     reason,
@@ -301,8 +298,8 @@ class Connection:
         link = await self._connect()
         self._adopt(link)
         log.info(
-            "[conn %d %s] connected to %s",
-            self.index,
+            "[%s %s] connected to %s",
+            self.tag,
             self.connection_id,
             self.adapter.ws_url,
         )
@@ -311,8 +308,8 @@ class Connection:
             # while private channels wait for their token.
             link.reader = asyncio.create_task(self._read(link), name=f"read-{self.index}")
             log.info(
-                "[conn %d %s] subscribing to %d channel(s)",
-                self.index,
+                "[%s %s] subscribing to %d channel(s)",
+                self.tag,
                 self.connection_id,
                 len(self.subs),
             )
@@ -352,7 +349,7 @@ class Connection:
                 if stopper in done:
                     if not link.reader.done():
                         await self._unsubscribe_and_drain(link)
-                    log.info("[conn %d %s] closing (shutdown)", self.index, link.cid)
+                    log.info("[%s %s] closing (shutdown)", self.tag, link.cid)
                     return None
                 for task in (link.reader, watch):
                     if task in done:
@@ -396,8 +393,8 @@ class Connection:
         link.handover_retry_at = time.monotonic() + max(delay, 1.0)
         self._metrics.handovers.labels(self.exchange, link.handover_reason, "failed").inc()
         log.warning(
-            "[conn %d %s] handover (%s) failed; the current connection stays, next try in %.1fs",
-            self.index,
+            "[%s %s] handover (%s) failed; the current connection stays, next try in %.1fs",
+            self.tag,
             link.cid,
             link.handover_reason,
             max(delay, 1.0),
@@ -412,7 +409,7 @@ class Connection:
         try:
             new = await self._connect()
         except (OSError, InvalidHandshake, TimeoutError) as exc:
-            log.warning("[conn %d] handover: cannot open a second connection: %r", self.index, exc)
+            log.warning("[%s] handover: cannot open a second connection: %r", self.tag, exc)
             return None
         adopted = False
         new.failure = "cancelled"  # until it is ready
@@ -420,8 +417,8 @@ class Connection:
             new.buffering = True
             new.required = {sub.name for sub in self.subs.values() if sub.confirmed}
             log.info(
-                "[conn %d %s] handover (%s): connection %s subscribing to %d channel(s)",
-                self.index,
+                "[%s %s] handover (%s): connection %s subscribing to %d channel(s)",
+                self.tag,
                 old.cid,
                 old.handover_reason,
                 new.cid,
@@ -458,7 +455,7 @@ class Connection:
                     await asyncio.gather(new.reader, return_exceptions=True)
                 await self._close(new)
         if new.failure:
-            log.warning("[conn %d] handover: %s", self.index, new.failure)
+            log.warning("[%s] handover: %s", self.tag, new.failure)
             return None
         return new
 
@@ -478,8 +475,8 @@ class Connection:
             proven = old.stop_reading
         except (ConnectionClosed, OSError, TimeoutError, _Reconnect) as exc:
             log.warning(
-                "[conn %d %s] handover: the old connection ended before the barrier (%r)",
-                self.index,
+                "[%s %s] handover: the old connection ended before the barrier (%r)",
+                self.tag,
                 old.cid,
                 exc,
             )
@@ -514,9 +511,9 @@ class Connection:
         new.resyncs.clear()
         dropped = sum(d.dropped for d in (new.dedup or {}).values())
         log.info(
-            "[conn %d %s] handover (%s) from %s complete: %s, %d buffered event(s), %d "
+            "[%s %s] handover (%s) from %s complete: %s, %d buffered event(s), %d "
             "overlapping dropped so far",
-            self.index,
+            self.tag,
             new.cid,
             reason,
             old.cid,
@@ -538,22 +535,22 @@ class Connection:
             await self._send(link, link.decoder.unsubscribe([s.name for s in live]))
             await asyncio.wait_for(self._drained.wait(), deadline)
             log.info(
-                "[conn %d %s] %d unsubscription(s) confirmed; drained",
-                self.index,
+                "[%s %s] %d unsubscription(s) confirmed; drained",
+                self.tag,
                 link.cid,
                 len(live),
             )
         except TimeoutError:
             left = sum(1 for s in self.subs.values() if s.confirmed)
             log.warning(
-                "[conn %d %s] %d unsubscription(s) unconfirmed after %.0fs; closing",
-                self.index,
+                "[%s %s] %d unsubscription(s) unconfirmed after %.0fs; closing",
+                self.tag,
                 link.cid,
                 left,
                 deadline,
             )
         except ConnectionClosed:
-            log.warning("[conn %d %s] connection closed while draining", self.index, link.cid)
+            log.warning("[%s %s] connection closed while draining", self.tag, link.cid)
         finally:
             self._drained = None
 
@@ -596,8 +593,8 @@ class Connection:
             for sub in failed:
                 sub.retry_at = now + retry
             log.error(
-                "[conn %d %s] no WebSocket token for %d private channel(s): %s; retrying in %.0fs",
-                self.index,
+                "[%s %s] no WebSocket token for %d private channel(s): %s; retrying in %.0fs",
+                self.tag,
                 self.connection_id,
                 len(failed),
                 error,
@@ -671,8 +668,8 @@ class Connection:
         if self._invalid <= 10 or self._invalid % _INVALID_LOG_EVERY == 0:
             frame = exc.frame if isinstance(exc.frame, str) else repr(exc.frame)
             log.warning(
-                "[conn %d %s] invalid frame #%d skipped (%s): %.200s",
-                self.index,
+                "[%s %s] invalid frame #%d skipped (%s): %.200s",
+                self.tag,
                 self.connection_id,
                 self._invalid,
                 exc,
@@ -692,8 +689,8 @@ class Connection:
             sub = self.subs.get(msg.channel)
             if sub is None:
                 log.warning(
-                    "[conn %d] confirmation for a channel we did not ask for: %s",
-                    self.index,
+                    "[%s] confirmation for a channel we did not ask for: %s",
+                    self.tag,
                     msg.channel,
                 )
                 return
@@ -710,9 +707,8 @@ class Connection:
         elif isinstance(msg, ReconnectRequested):
             if not link.handover_reason:
                 log.warning(
-                    "[conn %d %s] the exchange asked us to reconnect: handing over "
-                    "make-before-break",
-                    self.index,
+                    "[%s %s] the exchange asked us to reconnect: handing over make-before-break",
+                    self.tag,
                     link.cid,
                 )
                 link.handover_reason = "request_reconnect"
@@ -738,9 +734,7 @@ class Connection:
                 link.failure = f"exchange error on {msg.channel}: {msg.message}"
                 link.ready.set()
         elif isinstance(msg, ReconnectRequested):
-            log.warning(
-                "[conn %d %s] reconnect requested on the new connection", self.index, link.cid
-            )
+            log.warning("[%s %s] reconnect requested on the new connection", self.tag, link.cid)
         elif isinstance(msg, Maintenance):
             link.paused = msg.active
         elif isinstance(msg, Resync):
@@ -750,9 +744,9 @@ class Connection:
         link.paused = msg.active
         if msg.active:
             log.warning(
-                "[conn %d %s] the exchange entered maintenance (%s): silence is expected, "
+                "[%s %s] the exchange entered maintenance (%s): silence is expected, "
                 "the connection stays",
-                self.index,
+                self.tag,
                 link.cid,
                 msg.message,
             )
@@ -760,8 +754,8 @@ class Connection:
             # The exchange advises subscribing everything again: a fresh connection does
             # that make-before-break, so nothing sent meanwhile is lost.
             log.warning(
-                "[conn %d %s] maintenance ended (%s): renewing the connection make-before-break",
-                self.index,
+                "[%s %s] maintenance ended (%s): renewing the connection make-before-break",
+                self.tag,
                 link.cid,
                 msg.message,
             )
@@ -776,8 +770,8 @@ class Connection:
         link = self._active
         self._metrics.resubscribes.labels(self.exchange, sub.channel).inc()
         log.warning(
-            "[conn %d %s] %s: %s (%s): resubscribing",
-            self.index,
+            "[%s %s] %s: %s (%s): resubscribing",
+            self.tag,
             link.cid,
             sub.name,
             reason,
@@ -800,14 +794,14 @@ class Connection:
     def _confirmed(self, link: _Link, sub: SubState) -> None:
         sub.confirmed = True
         sub.last_event = time.monotonic()
-        log.info("[conn %d %s] subscribed %s", self.index, link.cid, sub.name)
+        log.info("[%s %s] subscribed %s", self.tag, link.cid, sub.name)
         self.gaps.live(sub)
 
     def _exchange_error(self, msg: ExchangeError, link: _Link) -> None:
         self._metrics.exchange_errors.labels(self.exchange).inc()
         log.error(
-            "[conn %d %s] exchange error on subscription %r: code=%s message=%s",
-            self.index,
+            "[%s %s] exchange error on subscription %r: code=%s message=%s",
+            self.tag,
             link.cid,
             msg.channel,
             msg.code,
@@ -820,8 +814,8 @@ class Connection:
     def _reject(self, sub: SubState, now: float, why: str) -> None:
         sub.retry_at = now + self._settings.resubscribe_backoff_s
         log.error(
-            "[conn %d %s] subscription %s not accepted (%s); retrying in %.0fs",
-            self.index,
+            "[%s %s] subscription %s not accepted (%s); retrying in %.0fs",
+            self.tag,
             self.connection_id,
             sub.name,
             why,
@@ -860,9 +854,8 @@ class Connection:
                 await self._send(link, [link.decoder.ping()])
             if not link.handover_reason and max_age and now - link.opened > max_age:
                 log.info(
-                    "[conn %d %s] connection is %.0fs old (limit %.0fs): rotating it "
-                    "make-before-break",
-                    self.index,
+                    "[%s %s] connection is %.0fs old (limit %.0fs): rotating it make-before-break",
+                    self.tag,
                     link.cid,
                     now - link.opened,
                     max_age,
@@ -912,8 +905,8 @@ class Connection:
                 ):
                     sub.silent_warned = True
                     log.warning(
-                        "[conn %d %s] %s confirmed but silent for %.0fs: %s",
-                        self.index,
+                        "[%s %s] %s confirmed but silent for %.0fs: %s",
+                        self.tag,
                         self.connection_id,
                         sub.name,
                         silent,
@@ -921,7 +914,7 @@ class Connection:
                     )
             elif sub.retry_at:
                 if now >= sub.retry_at:
-                    log.info("[conn %d] retrying subscription %s", self.index, sub.name)
+                    log.info("[%s] retrying subscription %s", self.tag, sub.name)
                     due.append(sub)
             elif now - sub.subscribed_at > s.subscribe_timeout_s:
                 self._reject(sub, now, f"no confirmation within {s.subscribe_timeout_s:.0f}s")
@@ -935,8 +928,8 @@ class Connection:
         """A silent subscription on a live connection: resubscribe it alone. The silence is
         a gap (from its last event) recovered like any other once it is live again."""
         log.warning(
-            "[conn %d %s] %s silent for %.0fs (stale after %.0fs): resubscribing",
-            self.index,
+            "[%s %s] %s silent for %.0fs (stale after %.0fs): resubscribing",
+            self.tag,
             self.connection_id,
             sub.name,
             silent,
