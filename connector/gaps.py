@@ -155,7 +155,12 @@ class Gaps:
         elif isinstance(event, OrderEvent):
             self._check_chain(sub, event)
         elif isinstance(event, BookSnapshot):
-            if isinstance(event, BookDelta) and not event.resync and self._stale_diff(sub, event):
+            if (
+                (sub.cutoff_seq is not None or sub.cutoff_us)  # only right after a snapshot
+                and isinstance(event, BookDelta)
+                and not event.resync
+                and self._stale_diff(sub, event)
+            ):
                 self._metrics.stale_diffs.labels(self.exchange).inc()
                 self._metrics.events_dropped.labels(self.exchange, sub.channel, "stale_diff").inc()
                 return None

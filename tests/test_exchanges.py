@@ -11,6 +11,8 @@ it does not.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,41 @@ def base_env(broker: Broker, prefix: str, exchanges: str, **extra: str) -> dict[
     }
 
 
+@asynccontextmanager
+async def four_exchanges(
+    broker: Broker,
+    prefix: str,
+    rate: float,
+    bitstamp_channels: str,
+    *,
+    limit: int = 0,
+    bitstamp: dict[str, Any],
+    **extra: str,
+) -> AsyncIterator[tuple[Simulator, dict[str, VenueServer], dict[str, str]]]:
+    """The local servers of all four exchanges (Bitstamp market btcusd; the others as in
+    SETUPS), and the connector environment that subscribes to all of them."""
+    sim = Simulator(markets=("btcusd",), rate=rate, **bitstamp)
+    servers = {name: cls(rate=rate, limit=limit) for name, cls in SERVERS.items()}
+    await sim.start()
+    for server in servers.values():
+        await server.start()
+    env = {
+        **base_env(broker, prefix, "bitstamp,binance,bybit,bitfinex", **extra),
+        "BITSTAMP_WS_URL": sim.ws_url,
+        "BITSTAMP_REST_URL": sim.rest_url,
+        "CONNECTOR_MARKETS": "btcusd",
+        "CONNECTOR_CHANNELS": bitstamp_channels,
+    }
+    for name, server in servers.items():
+        env.update(env_for(name, server))
+    try:
+        yield sim, servers, env
+    finally:
+        await sim.stop()
+        for server in servers.values():
+            await server.stop()
+
+
 def records(consumed: Consumed, topic: str) -> list[dict[str, Any]]:
     return [r for _, _, _, r in consumed.by_topic.get(topic, [])]
 
@@ -122,40 +159,29 @@ async def test_all_four_exchanges_publish_at_once(
     broker: Broker, topic_prefix: str, tmp_path: Path
 ) -> None:
     per_stream = 60
-    bitstamp = Simulator(markets=("btcusd",), rate=30, events_per_subscription=per_stream)
-    servers = {name: cls(rate=30, limit=per_stream) for name, cls in SERVERS.items()}
-    await bitstamp.start()
-    for s in servers.values():
-        await s.start()
-    env = {
-        **base_env(broker, topic_prefix, "bitstamp,binance,bybit,bitfinex"),
-        "BITSTAMP_WS_URL": bitstamp.ws_url,
-        "BITSTAMP_REST_URL": bitstamp.rest_url,
-        "CONNECTOR_MARKETS": "btcusd",
-        "CONNECTOR_CHANNELS": "live_trades,live_orders",
-    }
-    for name, s in servers.items():
-        env.update(env_for(name, s))
     streams = sum(len(m) * len(c) for m, c, _, _ in SETUPS.values())
-    try:
-        async with connector_process(env, tmp_path) as conn:
-            async with asyncio.timeout(60):
-                while (
-                    sum(len(v) for s in servers.values() for v in s.delivered.values())
-                    < streams * per_stream
-                    or sum(bitstamp.sent.values()) < 2 * per_stream
-                ):
-                    await asyncio.sleep(0.2)
-            consumed = await consume_until(
-                broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=4
-            )
-            metrics = await conn.metrics()
-            assert await conn.stop() == 0, conn.log()[-3000:]
-            log = conn.log()
-    finally:
-        await bitstamp.stop()
-        for s in servers.values():
-            await s.stop()
+    async with (
+        four_exchanges(
+            broker,
+            topic_prefix,
+            30,
+            "live_trades,live_orders",
+            limit=per_stream,
+            bitstamp={"events_per_subscription": per_stream},
+        ) as (bitstamp, servers, env),
+        connector_process(env, tmp_path) as conn,
+    ):
+        async with asyncio.timeout(60):
+            while (
+                sum(len(v) for s in servers.values() for v in s.delivered.values())
+                < streams * per_stream
+                or sum(bitstamp.sent.values()) < 2 * per_stream
+            ):
+                await asyncio.sleep(0.2)
+        consumed = await consume_until(broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=4)
+        metrics = await conn.metrics()
+        assert await conn.stop() == 0, conn.log()[-3000:]
+        log = conn.log()
     assert "running: 14 subscription(s) on bitstamp, binance, bybit, bitfinex" in log
     assert "0 failed, 0 undelivered" in log
     for channel in ("live_trades", "live_orders"):
@@ -343,28 +369,20 @@ async def test_two_replicas_share_all_four_exchanges_in_a_group(
 
     from tests.test_scaleout import joined, owners, ownership
 
-    bitstamp = Simulator(markets=("btcusd",), rate=10, idle_trade_rate=10)
-    servers = {name: cls(rate=10) for name, cls in SERVERS.items()}
-    await bitstamp.start()
-    for s in servers.values():
-        await s.start()
-    env = {
-        **base_env(broker, topic_prefix, "bitstamp,binance,bybit,bitfinex"),
-        "BITSTAMP_WS_URL": bitstamp.ws_url,
-        "BITSTAMP_REST_URL": bitstamp.rest_url,
-        "CONNECTOR_MARKETS": "btcusd",
-        "CONNECTOR_CHANNELS": "live_trades",
-        "CONNECTOR_GROUP_ID": f"{topic_prefix}-group",
-        "CONNECTOR_ASSIGNMENT_PARTITIONS": "64",
-        "CONNECTOR_GROUP_SESSION_TIMEOUT_MS": "6000",
-    }
-    for name, s in servers.items():
-        env.update(env_for(name, s))
     expected = {"bitstamp:live_trades:btcusd"} | {
         f"{e}:{c}:{m}" for e, (ms, cs, _, _) in SETUPS.items() for m in ms for c in cs
     }
     topic = f"{topic_prefix}-group.assignments"
-    try:
+    async with four_exchanges(
+        broker,
+        topic_prefix,
+        10,
+        "live_trades",
+        bitstamp={"idle_trade_rate": 10},
+        CONNECTOR_GROUP_ID=f"{topic_prefix}-group",
+        CONNECTOR_ASSIGNMENT_PARTITIONS="64",
+        CONNECTOR_GROUP_SESSION_TIMEOUT_MS="6000",
+    ) as (_, servers, env):
         async with AsyncExitStack() as stack:
             first = await stack.enter_async_context(connector_process(env, tmp_path / "r0"))
             await joined([first])
@@ -384,10 +402,6 @@ async def test_two_replicas_share_all_four_exchanges_in_a_group(
             for r in (first, second):
                 assert await r.stop() == 0, r.log()[-3000:]
         consumed = await consume_until(broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=4)
-    finally:
-        await bitstamp.stop()
-        for s in servers.values():
-            await s.stop()
     by_exchange: dict[str, set[str]] = {}
     for key, replica in held.items():
         by_exchange.setdefault(replica, set()).add(key.split(":")[0])

@@ -62,10 +62,8 @@ class BitstampGaps(Gaps):
         elif sub.channel in ("order_book", "detail_order_book"):
             sub.resync_next = True
             if gap_start is not None:
-                self._spawn(
-                    self._close_gap(
-                        sub, gap_start, Recovery.RESYNCED, 0, "the next full book is marked resync"
-                    )
+                self._close_gap_later(
+                    sub, gap_start, Recovery.RESYNCED, 0, "the next full book is marked resync"
                 )
         elif gap_start is not None:
             if sub.channel == "funding_rate":
@@ -80,7 +78,7 @@ class BitstampGaps(Gaps):
                     "order events in the gap cannot be fetched; rebuild L3 state from a "
                     "detail_order_book resync"
                 )
-            self._spawn(self._close_gap(sub, gap_start, Recovery.NONE, 0, detail))
+            self._close_gap_later(sub, gap_start, Recovery.NONE, 0, detail)
 
     async def _backfill(self, sub: SubState, gap_start: int) -> None:
         end = now_us()
