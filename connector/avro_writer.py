@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable, Iterable
-from itertools import chain, repeat
+from itertools import chain
 from operator import attrgetter
 from typing import Any
 
@@ -50,7 +50,6 @@ _NULL = b"\x00"
 _SECOND = b"\x02"  # union branch index 1
 _double = struct.Struct("<d").pack
 _float = struct.Struct("<f").pack
-_twice = (2).__mul__
 
 
 def _long(value: int) -> bytes:
@@ -132,7 +131,7 @@ def _array(schema: dict[str, Any], named: dict[str, Any]) -> Writer:
             return _NULL
         try:
             text = fast(values)
-        except TypeError:  # not strings, or not the expected shapes
+        except (TypeError, ValueError):  # not strings, bad shapes, or a length over 255
             return generic(values)
         if not text.isascii():  # a non-ASCII string, or one of 64 or more characters
             return generic(values)
@@ -141,13 +140,24 @@ def _array(schema: dict[str, Any], named: dict[str, Any]) -> Writer:
     return write
 
 
-def _prefixes(column: Iterable[str]) -> Iterable[str]:
-    """Avro length prefixes of short ASCII strings: chr(2 * len) (see the module doc)."""
-    return map(chr, map(_twice, map(len, column)))
+# Length → Avro length prefix, as one byte per string: lengths under 64 become 2 * len;
+# 64 to 255 become 0x80, which the isascii() check then rejects; 256 or more cannot be a
+# byte at all (bytes() raises ValueError).
+_PREFIX = bytes(2 * n if n < 64 else 0x80 for n in range(256))
+
+
+def _prefixes(column: list[str]) -> str:
+    """The Avro length prefixes of ``column`` as one string, one character per string
+    (three C-level passes: len, bytes, translate)."""
+    return bytes(map(len, column)).translate(_PREFIX).decode("latin-1")
 
 
 def _levels_fast_path(items: Any) -> Callable[[tuple[tuple[str, ...], ...]], str] | None:
-    """For records of exactly (string, string, [null, string]) read from tuples."""
+    """For records of exactly (string, string, [null, string]) read from tuples.
+
+    The levels are flattened once; each field then fills every k-th slot of the output
+    list by slice assignment (C loops, no per-level Python work), and the list is joined.
+    A non-string anywhere fails the join (TypeError), and a bad length the prefixes."""
     if not isinstance(items, dict) or items.get("type") != "record":
         return None
     types = [f["type"] for f in items["fields"]]
@@ -156,27 +166,29 @@ def _levels_fast_path(items: Any) -> Callable[[tuple[tuple[str, ...], ...]], str
 
     def fast(levels: tuple[tuple[str, ...], ...]) -> str:
         widths = set(map(len, levels))
-        columns: tuple[Iterable[str], ...]
+        n = len(levels)
+        flat = list(chain.from_iterable(levels))
+        prefixes = _prefixes(flat)
+        out: list[str | None]
         if widths == {2}:
-            prices, amounts = zip(*levels, strict=True)
-            columns = (_prefixes(prices), prices, _prefixes(amounts), amounts, repeat("\x00"))
+            out = [None] * (5 * n)
+            out[0::5] = prefixes[0::2]
+            out[1::5] = flat[0::2]
+            out[2::5] = prefixes[1::2]
+            out[3::5] = flat[1::2]
+            out[4::5] = ["\x00"] * n  # the null branch of the order id
         elif widths == {3}:
-            prices, amounts, ids = zip(*levels, strict=True)
-            if None in ids:
-                raise TypeError("order ids with null")
-            columns = (
-                _prefixes(prices),
-                prices,
-                _prefixes(amounts),
-                amounts,
-                repeat("\x02"),
-                _prefixes(ids),
-                ids,
-            )
+            out = [None] * (7 * n)
+            out[0::7] = prefixes[0::3]
+            out[1::7] = flat[0::3]
+            out[2::7] = prefixes[1::3]
+            out[3::7] = flat[1::3]
+            out[4::7] = ["\x02"] * n  # the string branch of the order id
+            out[5::7] = prefixes[2::3]
+            out[6::7] = flat[2::3]
         else:
             raise TypeError("mixed level shapes")
-        # Row by row: each level's fields in schema order, as one string.
-        return "".join(chain.from_iterable(zip(*columns, strict=False)))
+        return "".join(out)  # type: ignore[arg-type]  # TypeError on a non-string
 
     return fast
 

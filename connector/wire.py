@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -84,10 +85,30 @@ def decimal_text(value: Any, what: str) -> str:
     raise ProtocolError("invalid_field", f"{what} is {value!r:.60}, not a decimal")
 
 
+_LIST = {list}
+PAIRS = frozenset({2})
+
+
+def string_levels(raw: list[Any], widths: frozenset[int]) -> tuple[Level, ...] | None:
+    """The fast path for book levels (hundreds per frame), in C-level passes only: the
+    levels if every entry is a list of ``widths`` non-empty strings, else None (the caller
+    then reads entry by entry, to accept numbers or name the bad one). str.join is the
+    quickest check that all are strings."""
+    if set(map(type, raw)) <= _LIST and set(map(len, raw)) <= widths:
+        flat = list(chain.from_iterable(raw))
+        with suppress(TypeError):
+            if "".join(flat) and all(flat):
+                return tuple(map(tuple, raw))
+    return None
+
+
 def pairs(raw: Any, what: str) -> tuple[Level, ...]:
     """``[["price", "amount"], ...]`` → levels."""
     if not isinstance(raw, list):
         raise ProtocolError("invalid_field", f"{what} is not a list")
+    fast = string_levels(raw, PAIRS)
+    if fast is not None:
+        return fast
     out: list[Level] = []
     for lv in raw:
         if not (isinstance(lv, list) and len(lv) >= 2):

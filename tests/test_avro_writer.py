@@ -124,7 +124,12 @@ def test_compiled_writer_equals_fastavro(event: MarketEvent) -> None:
 def test_book_with_many_levels_uses_the_same_bytes() -> None:
     levels = tuple((f"{37000 + i}.5", f"0.{i:08d}") for i in range(100))
     ids = tuple((p, a, str(10**18 + i)) for i, (p, a) in enumerate(levels))
-    for bids, asks in ((levels, levels), (ids, ids), (levels, ())):
+    # Strings the one-character length prefix cannot carry take the generic path: 64
+    # characters (a two-byte varint), 300 (not a byte at all), non-ASCII (bytes ≠ chars).
+    odd = (("1" * 64, "2"), ("3", "4" * 300), ("é", "5"), ("6", "7"))
+    odd_ids = tuple((p, a, "9" * 70) for p, a in odd)
+    cases = ((levels, levels), (ids, ids), (levels, ()), (odd, levels), (ids, odd_ids))
+    for bids, asks in cases:
         event = BookSnapshot(
             exchange="bitstamp",
             market="btcusd",

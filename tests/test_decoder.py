@@ -216,6 +216,16 @@ def test_sequence_counts_published_events_only() -> None:
             "invalid_field",
         ),
         (
+            b'{"event":"data","channel":"order_book_btcusd","data":{"bids":[["1",""]],'
+            b'"asks":[],"microtimestamp":"1700000000000000"}}',
+            "invalid_field",
+        ),
+        (
+            b'{"event":"data","channel":"order_book_btcusd","data":{"bids":[["1",["2"]]],'
+            b'"asks":[],"microtimestamp":"1700000000000000"}}',
+            "invalid_field",
+        ),
+        (
             b'{"event":"data","channel":"order_book_btcusd","data":{"bids":[],"asks":[],'
             b'"microtimestamp":"yesterday"}}',
             "invalid_field",

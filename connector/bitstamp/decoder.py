@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from itertools import chain
 from typing import Any
 
 import orjson
@@ -45,6 +44,7 @@ from connector.events import (
     UnsubscriptionSucceeded,
 )
 from connector.timeutil import parse_epoch_us
+from connector.wire import string_levels
 
 _SIDES = {
     0: Side.BUY,
@@ -210,15 +210,9 @@ def _levels(data: dict[str, Any], key: str) -> tuple[Level, ...]:
         raise _missing(key)
     if type(raw) is not list:
         raise _bad(key, raw)
-    # Fast path, all C-level passes (books carry hundreds of levels): every entry a list
-    # of 2 or 3 non-empty strings.
-    if (
-        set(map(type, raw)) <= _LIST
-        and set(map(len, raw)) <= _WIDTHS
-        and set(map(type, chain.from_iterable(raw))) <= _STR
-        and "" not in chain.from_iterable(raw)
-    ):
-        return tuple(map(tuple, raw))
+    fast = string_levels(raw, _WIDTHS)
+    if fast is not None:
+        return fast
     out: list[Level] = []
     for entry in raw:
         if not isinstance(entry, list) or not 2 <= len(entry) <= 3:
@@ -233,9 +227,7 @@ def _levels(data: dict[str, Any], key: str) -> tuple[Level, ...]:
     return tuple(out)
 
 
-_LIST = {list}
-_STR = {str}
-_WIDTHS = {2, 3}
+_WIDTHS = frozenset({2, 3})
 
 
 class BitstampDecoder:
