@@ -48,6 +48,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
+from aiokafka.partitioner import murmur2
 
 from connector.errors import ConfigError, DeliveryError
 from connector.kafka_security import client_options
@@ -58,6 +59,27 @@ from connector.spool import Spool, SpooledRecord, SpoolFull
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+
+
+class KeyPartitioner:
+    """aiokafka's default partitioning (the Java client's: murmur2 of the key, positive,
+    modulo the partition count), with each key's hash computed once: aiokafka's murmur2 is
+    pure Python and ran for every record, while our keys are a few market names."""
+
+    MAX_KEYS = 100_000  # a bound, not a working set: keys are markets
+
+    def __init__(self) -> None:
+        self._hashes: dict[bytes, int] = {}
+
+    def __call__(self, key: bytes | None, all_partitions: list[int], available: list[int]) -> int:
+        if key is None:
+            return random.choice(available or all_partitions)
+        h = self._hashes.get(key)
+        if h is None:
+            if len(self._hashes) >= self.MAX_KEYS:
+                self._hashes.clear()
+            h = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return all_partitions[h % len(all_partitions)]
 
 
 @dataclass(slots=True, order=True)
@@ -114,6 +136,7 @@ class KafkaSink:
                 max_batch_size=settings.kafka_max_batch_bytes,
                 max_request_size=max(settings.kafka_max_batch_bytes, settings.ws_max_size_bytes),
                 request_timeout_ms=settings.kafka_request_timeout_ms,
+                partitioner=KeyPartitioner(),
                 **client_options(settings),
             )
         self._slots = asyncio.Semaphore(settings.kafka_max_in_flight)

@@ -8,11 +8,14 @@ import os
 
 import pytest
 from aiokafka import AIOKafkaConsumer
+from aiokafka.partitioner import DefaultPartitioner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from connector.errors import ConfigError
 from connector.metrics import Metrics
 from connector.settings import load_settings
-from connector.sink import KafkaSink
+from connector.sink import KafkaSink, KeyPartitioner
 from connector.topics import ensure_topics
 from tests.conftest import Broker
 from tests.netfault import cuttable_broker
@@ -348,3 +351,16 @@ async def test_a_topic_that_disappeared_is_recreated_and_records_resent_in_order
     assert metrics.topics_recreated._value.get() >= 1
     # the deleted topic's data is gone; what came after: once each, in order
     assert values == [b"%04d" % i for i in range(100, 200)]
+
+
+@given(st.lists(st.binary(max_size=40), min_size=1, max_size=20), st.integers(1, 64))
+def test_key_partitioner_places_keys_as_the_default_one(keys: list[bytes], count: int) -> None:
+    """The cached partitioner must put every key where aiokafka's (and the Java client's)
+    default one does, or a key's records would change partition on upgrade."""
+    partitions = list(range(count))
+    cached = KeyPartitioner()
+    for key in keys + keys:  # the second round is served from the cache
+        assert cached(key, partitions, partitions) == DefaultPartitioner()(
+            key, partitions, partitions
+        )
+    assert cached(None, partitions, [count - 1]) == count - 1  # keyless: an available one
