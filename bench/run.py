@@ -72,16 +72,39 @@ def subscriptions(markets: list[str]) -> list[tuple[str, str]]:
     ]
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (worker processes, CONNECTOR_WORKERS > 1)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    """CPU seconds of the connector: the process and its workers, all threads."""
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / CLK_TCK
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    total = 0
+    for p in tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total / 1024
 
 
 def pin(pid: int, cores: set[int]) -> None:
@@ -89,17 +112,30 @@ def pin(pid: int, cores: set[int]) -> None:
         os.sched_setaffinity(pid, cores & os.sched_getaffinity(0) or os.sched_getaffinity(0))
 
 
-async def scrape(client: httpx.AsyncClient, port: int) -> dict[str, Any]:
-    text = (await client.get(f"http://127.0.0.1:{port}/metrics", timeout=10)).text
+async def scrape(client: httpx.AsyncClient, port: int, workers: int = 1) -> dict[str, Any]:
+    """The connector's histograms and published count, summed over its workers (worker i
+    serves on port + i)."""
+    text = "\n".join(
+        [
+            (await client.get(f"http://127.0.0.1:{port + i}/metrics", timeout=10)).text
+            for i in range(workers)
+        ]
+    )
     buckets: dict[float, float] = {}
+    produce: dict[float, float] = {}
     published = 0.0
     for line in text.splitlines():
-        if line.startswith("connector_receive_to_ack_seconds_bucket{"):
-            le = line.split('le="', 1)[1].split('"', 1)[0]
-            buckets[float("inf") if le == "+Inf" else float(le)] = float(line.rsplit(" ", 1)[1])
-        elif line.startswith("connector_events_published_total{"):
+        for prefix, into in (
+            ("connector_receive_to_ack_seconds_bucket{", buckets),
+            ("connector_kafka_produce_seconds_bucket{", produce),
+        ):
+            if line.startswith(prefix):
+                le = line.split('le="', 1)[1].split('"', 1)[0]
+                bound = float("inf") if le == "+Inf" else float(le)
+                into[bound] = into.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+        if line.startswith("connector_events_published_total{"):
             published += float(line.rsplit(" ", 1)[1])
-    return {"buckets": buckets, "published": published}
+    return {"buckets": buckets, "produce": produce, "published": published}
 
 
 def percentile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
@@ -175,6 +211,8 @@ class Step:
     p50_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    send_ack_p50_ms: float | None  # the producer's part: handed to the producer → acked
+    send_ack_p99_ms: float | None
     rss_mb: float
     kept_up: bool
 
@@ -249,7 +287,9 @@ async def wait_http(client: httpx.AsyncClient, url: str, within_s: float = 30) -
             return
 
 
-def launch_connector(env: dict[str, str], log_name: str) -> subprocess.Popen[bytes]:
+def launch_connector(
+    env: dict[str, str], log_name: str, cores: frozenset[int] = frozenset({1})
+) -> subprocess.Popen[bytes]:
     """The connector as a real process on core 1; its log goes to bench/<log_name>."""
     with (ROOT / "bench" / log_name).open("wb") as log:
         proc = subprocess.Popen(
@@ -259,7 +299,7 @@ def launch_connector(env: dict[str, str], log_name: str) -> subprocess.Popen[byt
             stdout=subprocess.DEVNULL,
             stderr=log,
         )
-    pin(proc.pid, {1})
+    pin(proc.pid, set(cores))
     return proc
 
 
@@ -287,13 +327,28 @@ async def throughput(
     rates: list[float],
     extra: dict[str, str],
     log_name: str = "connector.log",
+    profile_rate: float | None = None,
+    workers: int = 1,
 ) -> list[Step]:
     markets = MARKETS
     subs = subscriptions(markets)
     weight = sum(MIX[c] for c, _ in subs)
     sim_port, http_port = free_port(), free_port()
+    cores = frozenset({1})
+    warmup = args.warmup
+    if workers > 1:
+        # The workers share the subscriptions through a consumer group, like replicas;
+        # they may use both cores (the simulator, broker and counter share them too).
+        extra = {
+            **extra,
+            "CONNECTOR_WORKERS": str(workers),
+            "CONNECTOR_GROUP_ID": f"bench-{os.getpid()}-{time.monotonic_ns()}",
+        }
+        cores = frozenset({0, 1})
+        warmup += 12  # the group's rebalances settle (about 5 s each on Tansu)
     sim = start_sim(sim_port, markets, rates[0] / weight, args.book_depth)
     steps: list[Step] = []
+    profiles: dict[str, dict[str, list[tuple[str, float]]]] = args.profiles
     conn = None
     # Each scenario writes its own topics, so a counter never sees another's records.
     prefix = extra.get("CONNECTOR_TOPIC_TEMPLATE", "bench.").split(".", 1)[0]
@@ -306,25 +361,28 @@ async def throughput(
                     bootstrap, embedded, sim_port, http_port, markets, {**args.env, **extra}
                 ),
                 log_name,
+                cores,
             )
-            await wait_http(client, f"http://127.0.0.1:{http_port}/metrics")
+            for i in range(workers):
+                await wait_http(client, f"http://127.0.0.1:{http_port + i}/metrics")
             await counter.start()
             for rate in rates:
                 await client.get(
                     f"http://127.0.0.1:{sim_port}/_sim/rate", params={"value": rate / weight}
                 )
-                await asyncio.sleep(args.warmup)
+                await asyncio.sleep(warmup)
+                warmup = args.warmup
                 s0, c0, m0 = (
                     await sim_sent(client, sim_port),
                     counter.n,
-                    await scrape(client, http_port),
+                    await scrape(client, http_port, workers),
                 )
                 cpu0, t0 = cpu_seconds(conn.pid), time.monotonic()
                 await asyncio.sleep(args.duration)
                 s1, c1, m1 = (
                     await sim_sent(client, sim_port),
                     counter.n,
-                    await scrape(client, http_port),
+                    await scrape(client, http_port, workers),
                 )
                 cpu1, t1 = cpu_seconds(conn.pid), time.monotonic()
                 elapsed = t1 - t0
@@ -341,10 +399,16 @@ async def throughput(
                     p50_ms=_ms(percentile(m0["buckets"], m1["buckets"], 0.50)),
                     p99_ms=_ms(percentile(m0["buckets"], m1["buckets"], 0.99)),
                     max_ms=_ms(max_bucket(m0["buckets"], m1["buckets"])),
+                    send_ack_p50_ms=_ms(percentile(m0["produce"], m1["produce"], 0.50)),
+                    send_ack_p99_ms=_ms(percentile(m0["produce"], m1["produce"], 0.99)),
                     rss_mb=round(rss_mb(conn.pid), 1),
                     kept_up=delivered >= 0.97 * offered and backlog < max(1000, offered),
                 )
                 steps.append(step)
+                if profile_rate == rate:
+                    step_profile = await profile(conn.pid, args.profile_seconds, rate)
+                    if step_profile:
+                        profiles[str(int(rate))] = step_profile
                 print(
                     f"  offered {step.offered:>7}/s delivered {step.delivered:>7}/s "
                     f"cpu {step.cpu_s_per_1000:.3f}s/1k p99 {step.p99_ms} ms "
@@ -362,6 +426,51 @@ async def throughput(
             await counter.stop()
             stop_all(conn, sim)
     return steps
+
+
+async def reference(
+    args: argparse.Namespace, bootstrap: str, embedded: bool, rates: list[float]
+) -> list[dict[str, Any]]:
+    """bench/reference.py (a bare producer sending the connector's records) on core 1,
+    at each rate: the floor the producer library and the broker set here."""
+    out = []
+    for rate in rates:
+        cmd = [
+            sys.executable,
+            str(ROOT / "bench" / "reference.py"),
+            "--bootstrap",
+            bootstrap,
+            "--rate",
+            str(rate),
+            "--duration",
+            str(args.duration),
+            "--warmup",
+            str(args.warmup),
+            "--mix",
+            json.dumps(MIX),
+            "--markets",
+            ",".join(MARKETS),
+            "--book-depth",
+            str(args.book_depth),
+        ]
+        if not embedded:
+            cmd.append("--idempotence")
+        proc = await asyncio.create_subprocess_exec(
+            *cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+        )
+        pin(proc.pid, {1})
+        stdout, stderr = await proc.communicate()
+        if proc.returncode != 0:
+            print(f"  reference at {rate}/s failed: {stderr.decode(errors='replace')[-300:]}")
+            continue
+        result = json.loads(stdout.decode().strip().splitlines()[-1])
+        out.append(result)
+        print(
+            f"  reference {result['sent_per_s']:>7}/s cpu {result['cpu_s_per_1000']:.3f}s/1k "
+            f"send→ack p50 {result['send_ack_p50_ms']} ms p99 {result['send_ack_p99_ms']} ms",
+            flush=True,
+        )
+    return out
 
 
 async def memory(args: argparse.Namespace, bootstrap: str, embedded: bool) -> dict[str, Any]:
@@ -400,6 +509,76 @@ async def memory(args: argparse.Namespace, bootstrap: str, embedded: bool) -> di
     }
 
 
+async def profile(
+    pid: int, seconds: float, rate: float
+) -> dict[str, list[tuple[str, float]]] | None:
+    """Sample the connector with py-spy (after the step's measurement, so its overhead is
+    not in the figures): the functions with the most samples, by own time and inclusive.
+    The collapsed stacks stay in bench/profile-<rate>.txt (for a flame graph)."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    raw = ROOT / "bench" / f"profile-{int(rate)}.txt"
+    proc = await asyncio.create_subprocess_exec(
+        str(py_spy),
+        "record",
+        "--pid",
+        str(pid),
+        "--duration",
+        str(int(seconds)),
+        "--rate",
+        "250",
+        "--format",
+        "raw",
+        "--output",
+        str(raw),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, err = await proc.communicate()
+    if proc.returncode != 0 or not raw.exists():
+        print(f"  profile: py-spy failed: {err.decode(errors='replace').strip()[-300:]}")
+        return None
+    return top_entries(raw.read_text())
+
+
+def top_entries(collapsed: str, n: int = 25) -> dict[str, list[tuple[str, float]]]:
+    """Top functions of py-spy's collapsed stacks (``f (file:line);g (file:line) count``),
+    as percent of all samples: own time (the leaf) and inclusive (anywhere on the stack)."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    total = 0
+    for line in collapsed.splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        names = [_frame_name(f) for f in stack.split(";")]
+        if names[-1] in IDLE_LEAVES:  # a pool thread waiting for work: not CPU
+            continue
+        total += count
+        own[names[-1]] = own.get(names[-1], 0) + count
+        for name in set(names):
+            inclusive[name] = inclusive.get(name, 0) + count
+
+    def top(counts: dict[str, int]) -> list[tuple[str, float]]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:n]
+        return [(name, round(100 * c / total, 1)) for name, c in ranked]
+
+    return {"own": top(own), "inclusive": top(inclusive)} if total else {"own": [], "inclusive": []}
+
+
+IDLE_LEAVES = {"concurrent/futures/thread.py:_worker", "threading.py:Condition.wait"}
+
+
+def _frame_name(frame: str) -> str:
+    """``send (aiokafka/producer/producer.py:123)`` → ``aiokafka/producer/producer.py:send``."""
+    func, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", str(ROOT) + "/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{path}:{func}"
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 2)
 
@@ -413,6 +592,8 @@ def table(steps: list[Step]) -> str:
         "p50 ms",
         "p99 ms",
         "max ms (bucket)",
+        "send→ack p50",
+        "send→ack p99",
         "RSS MB",
         "kept up",
     )
@@ -425,6 +606,8 @@ def table(steps: list[Step]) -> str:
             f"{s.p50_ms}",
             f"{s.p99_ms}",
             f"{s.max_ms}",
+            f"{s.send_ack_p50_ms}",
+            f"{s.send_ack_p99_ms}",
             f"{s.rss_mb}",
             "yes" if s.kept_up else "NO",
         )
@@ -469,11 +652,33 @@ async def main() -> int:
         metavar="ENV=VALUE",
         help="extra connector setting, e.g. --set CONNECTOR_KAFKA_LINGER_MS=10",
     )
+    p.add_argument(
+        "--profile-rate",
+        type=float,
+        default=None,
+        help="after measuring this rate step, sample the connector with py-spy and report "
+        "its top functions",
+    )
+    p.add_argument("--workers", type=int, default=2, help="worker processes of that scenario")
+    p.add_argument(
+        "--workers-rates",
+        default="5000,10000",
+        help="rate steps with CONNECTOR_WORKERS=--workers (empty: skip it)",
+    )
+    p.add_argument(
+        "--reference-rates",
+        default="2000,5000,10000",
+        help="rates of the bare-producer reference (bench/reference.py); empty: skip it",
+    )
+    p.add_argument("--profile-seconds", type=float, default=15)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = p.parse_args()
     args.rates = [float(r) for r in args.rates.split(",")]
     args.wal_rates = [float(r) for r in args.wal_rates.split(",") if r]
+    args.reference_rates = [float(r) for r in args.reference_rates.split(",") if r]
+    args.workers_rates = [float(r) for r in args.workers_rates.split(",") if r]
     args.env = dict(item.split("=", 1) for item in args.set)
+    args.profiles = {}
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
@@ -487,7 +692,9 @@ async def main() -> int:
             f"broker: {bootstrap} ({'embedded Tansu' if broker else 'external'}); "
             f"cores: {os.cpu_count()}; connector pinned to core 1"
         )
-        steps = await throughput(args, bootstrap, broker is not None, args.rates, {})
+        steps = await throughput(
+            args, bootstrap, broker is not None, args.rates, {}, profile_rate=args.profile_rate
+        )
         wal: list[Step] = []
         if args.wal_rates:
             print("write-ahead spool (CONNECTOR_SPOOL_WRITE_AHEAD=true):", flush=True)
@@ -504,6 +711,26 @@ async def main() -> int:
                     },
                     "connector-wal.log",
                 )
+        sharded: list[Step] = []
+        if args.workers_rates and args.workers > 1:
+            print(
+                f"{args.workers} worker processes (CONNECTOR_WORKERS, sharing the "
+                "subscriptions through a consumer group), on both cores:",
+                flush=True,
+            )
+            sharded = await throughput(
+                args,
+                bootstrap,
+                broker is not None,
+                args.workers_rates,
+                {"CONNECTOR_TOPIC_TEMPLATE": "benchworkers.{exchange}.{channel}.{market}"},
+                "connector-workers.log",
+                workers=args.workers,
+            )
+        ref: list[dict[str, Any]] = []
+        if args.reference_rates:
+            print("reference: a bare aiokafka producer sending the same records:", flush=True)
+            ref = await reference(args, bootstrap, broker is not None, args.reference_rates)
         mem = None if args.skip_memory else await memory(args, bootstrap, broker is not None)
     finally:
         if broker:
@@ -522,7 +749,11 @@ async def main() -> int:
         "settings": args.env,
         "steps": [asdict(s) for s in steps],
         "write_ahead_steps": [asdict(s) for s in wal],
+        "workers": args.workers,
+        "worker_steps": [asdict(s) for s in sharded],
         "memory": mem,
+        "reference": ref,
+        "profiles": args.profiles,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print()
@@ -530,12 +761,29 @@ async def main() -> int:
     if wal:
         print("\nwith the write-ahead spool:")
         print(table(wal))
+    if sharded:
+        print(f"\nwith {args.workers} worker processes (CPU summed over them):")
+        print(table(sharded))
+    if ref:
+        print("\nreference (bare aiokafka producer, same records, rate, core and broker):")
+        print("| rate/s | CPU s/1k msg | send→ack p50 ms | send→ack p99 ms |")
+        print("|---|---|---|---|")
+        for r in ref:
+            print(
+                f"| {r['sent_per_s']} | {r['cpu_s_per_1000']:.3f} | {r['send_ack_p50_ms']} "
+                f"| {r['send_ack_p99_ms']} |"
+            )
     if mem:
         print(
             f"\nmemory: {mem['markets']} markets x 6 channels = {mem['subscriptions']} "
             f"subscriptions, {mem['published']} events published, steady RSS "
             f"{mem['rss_mb_steady']} MB"
         )
+    for rate, entries in args.profiles.items():
+        for kind in ("own", "inclusive"):
+            print(f"\nprofile at {rate}/s, {kind} time (% of samples):")
+            for name, share in entries[kind]:
+                print(f"  {share:5.1f}  {name}")
     print(f"\nwritten to {args.out}")
     return 0
 

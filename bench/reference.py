@@ -1,0 +1,169 @@
+"""The reference beside the connector: a bare aiokafka producer, configured as the
+connector's (acks=all, lz4, linger 5 ms, the same batch size), sending the connector's own
+records (the simulator's events of the benchmark mix, decoded and Avro-encoded once,
+before the clock starts) at a fixed rate to the same topics, on the same core and broker.
+There is no WebSocket, no decoding, no encoding and no bookkeeping: what it measures is
+the floor the producer library and the broker set on this machine — CPU per message and
+the send→ack latency. ``bench/run.py`` runs it after the connector steps; alone:
+``python bench/reference.py --bootstrap HOST:PORT --rate 5000``. Prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import os
+import random
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from connector.avro import load_schemas, single_object_encoder  # noqa: E402
+from connector.bitstamp.decoder import BitstampDecoder  # noqa: E402
+from connector.events import MarketEvent  # noqa: E402
+from connector.simulate import Simulator  # noqa: E402
+from connector.topics import ensure_topics  # noqa: E402
+
+TICK_S = 0.001
+
+
+def records(
+    mix: dict[str, float], markets: list[str], depth: int, topic_template: str, count: int
+) -> list[tuple[str, bytes, bytes]]:
+    """(topic, key, value) in the mix's proportions, encoded as the connector encodes."""
+    sim = Simulator(book_depth=depth, markets=tuple(markets))
+    decoder = BitstampDecoder("reference")
+    encoders = {name: single_object_encoder(s) for name, s in load_schemas().items()}
+    subs = [
+        (c, m)
+        for m in markets
+        for c in mix
+        if not (c == "funding_rate" and not m.endswith("-perp"))
+    ]
+    weights = [mix[c] for c, _ in subs]
+    total = sum(weights)
+    out: list[tuple[str, bytes, bytes]] = []
+    for (channel, market), weight in zip(subs, weights, strict=True):
+        topic = topic_template.format(exchange="bitstamp", channel=channel, market=market)
+        for _ in range(max(1, round(count * weight / total))):
+            frame = orjson.dumps(sim.make_event(channel, market))
+            for event in decoder.feed(frame, 0):
+                if isinstance(event, MarketEvent):
+                    value = encoders[type(event).SCHEMA].encode(event)
+                    out.append((topic, market.encode(), value))
+    random.Random(1).shuffle(out)  # interleaved, as the markets' streams are on the wire
+    return out
+
+
+def cpu_s() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    mix = json.loads(args.mix)
+    pool = records(mix, args.markets.split(","), args.book_depth, args.topic_template, 4000)
+    await ensure_topics(args.bootstrap, sorted({t for t, _, _ in pool}), args.partitions, 1)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=args.bootstrap,
+        acks="all",
+        enable_idempotence=args.idempotence,
+        compression_type="lz4",
+        linger_ms=5,
+        max_batch_size=256 * 1024,
+        max_request_size=max(256 * 1024, 16 << 20),
+    )
+    await producer.start()
+    bounds = [b / 1000 for b in (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500)]
+    bounds.append(float("inf"))
+    counts = [0] * len(bounds)
+    acked = failed = 0
+    measuring = False
+
+    def done(sent: float, fut: asyncio.Future[object]) -> None:
+        nonlocal acked, failed
+        if fut.cancelled() or fut.exception() is not None:
+            failed += 1
+            return
+        acked += 1
+        if measuring:
+            counts[bisect.bisect_left(bounds, time.monotonic() - sent)] += 1
+
+    async def send_for(seconds: float) -> int:
+        sent = 0
+        start = time.monotonic()
+        i = 0
+        while (now := time.monotonic()) - start < seconds:
+            due = int((now - start) * args.rate) - sent
+            for _ in range(due):
+                topic, key, value = pool[i]
+                i = (i + 1) % len(pool)
+                t = time.monotonic()
+                fut = await producer.send(topic, value, key=key)
+                fut.add_done_callback(partial(done, t))
+            sent += max(0, due)
+            await asyncio.sleep(TICK_S)
+        return sent
+
+    try:
+        await send_for(args.warmup)
+        measuring = True
+        acked0, cpu0, t0 = acked, cpu_s(), time.monotonic()
+        sent = await send_for(args.duration)
+        cpu1, t1 = cpu_s(), time.monotonic()
+        await producer.flush()
+        measuring = False
+    finally:
+        await producer.stop()
+    total = sum(counts)
+
+    def pct(q: float) -> float | None:
+        rank, seen, lower = q * total, 0, 0.0
+        for bound, count in zip(bounds, counts, strict=True):
+            if count and seen + count >= rank:
+                if bound == float("inf"):
+                    return round(lower * 1000, 2)
+                return round((lower + (bound - lower) * (rank - seen) / count) * 1000, 2)
+            seen += count
+            lower = bound
+        return None
+
+    return {
+        "rate": args.rate,
+        "sent_per_s": round(sent / (t1 - t0)),
+        "acked_per_s": round((acked - acked0) / (t1 - t0)),
+        "failed": failed,
+        "cpu_s_per_1000": round(1000 * (cpu1 - cpu0) / sent, 4) if sent else float("nan"),
+        "send_ack_p50_ms": pct(0.5),
+        "send_ack_p99_ms": pct(0.99),
+    }
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--bootstrap", required=True)
+    p.add_argument("--rate", type=float, default=5000)
+    p.add_argument("--duration", type=float, default=10)
+    p.add_argument("--warmup", type=float, default=3)
+    p.add_argument("--idempotence", action="store_true")
+    p.add_argument("--mix", default='{"live_orders": 8, "order_book": 2, "live_trades": 1.5}')
+    p.add_argument("--markets", default="btcusd,ethusd")
+    p.add_argument("--book-depth", type=int, default=100)
+    p.add_argument("--partitions", type=int, default=1)
+    p.add_argument("--topic-template", default="benchref.{exchange}.{channel}.{market}")
+    args = p.parse_args()
+    print(json.dumps(asyncio.run(run(args))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
