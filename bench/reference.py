@@ -20,6 +20,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -27,22 +28,31 @@ from aiokafka import AIOKafkaProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connector.avro import load_schemas, single_object_encoder  # noqa: E402
+from connector.avro import (  # noqa: E402
+    CONTENT_TYPE_SINGLE_OBJECT,
+    load_schemas,
+    single_object_encoder,
+)
 from connector.bitstamp.decoder import BitstampDecoder  # noqa: E402
 from connector.events import MarketEvent  # noqa: E402
 from connector.simulate import Simulator  # noqa: E402
 from connector.topics import ensure_topics  # noqa: E402
 
 TICK_S = 0.001
+Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
 
 
 def records(
     mix: dict[str, float], markets: list[str], depth: int, topic_template: str, count: int
-) -> list[tuple[str, bytes, bytes]]:
+) -> list[Record]:
     """(topic, key, value) in the mix's proportions, encoded as the connector encodes."""
     sim = Simulator(book_depth=depth, markets=tuple(markets))
     decoder = BitstampDecoder("reference")
     encoders = {name: single_object_encoder(s) for name, s in load_schemas().items()}
+    headers = {  # the router's headers
+        name: [("schema", name.encode()), ("content-type", CONTENT_TYPE_SINGLE_OBJECT.encode())]
+        for name in encoders
+    }
     subs = [
         (c, m)
         for m in markets
@@ -51,7 +61,7 @@ def records(
     ]
     weights = [mix[c] for c, _ in subs]
     total = sum(weights)
-    out: list[tuple[str, bytes, bytes]] = []
+    out: list[Record] = []
     for (channel, market), weight in zip(subs, weights, strict=True):
         topic = topic_template.format(exchange="bitstamp", channel=channel, market=market)
         for _ in range(max(1, round(count * weight / total))):
@@ -59,7 +69,7 @@ def records(
             for event in decoder.feed(frame, 0):
                 if isinstance(event, MarketEvent):
                     value = encoders[type(event).SCHEMA].encode(event)
-                    out.append((topic, market.encode(), value))
+                    out.append((topic, market.encode(), value, headers[type(event).SCHEMA]))
     random.Random(1).shuffle(out)  # interleaved, as the markets' streams are on the wire
     return out
 
@@ -69,10 +79,12 @@ def cpu_s() -> float:
     return t.user + t.system
 
 
-async def run(args: argparse.Namespace) -> dict[str, float]:
+async def run(args: argparse.Namespace) -> dict[str, Any]:
     mix = json.loads(args.mix)
     pool = records(mix, args.markets.split(","), args.book_depth, args.topic_template, 4000)
-    await ensure_topics(args.bootstrap, sorted({t for t, _, _ in pool}), args.partitions, 1)
+    await ensure_topics(args.bootstrap, sorted({r[0] for r in pool}), args.partitions, 1)
+    if args.client == "librdkafka":
+        return await run_rdkafka(args, pool)
     producer = AIOKafkaProducer(
         bootstrap_servers=args.bootstrap,
         acks="all",
@@ -83,9 +95,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         max_request_size=max(256 * 1024, 16 << 20),
     )
     await producer.start()
-    bounds = [b / 1000 for b in (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500)]
-    bounds.append(float("inf"))
-    counts = [0] * len(bounds)
+    lat = Latencies()
     acked = failed = 0
     measuring = False
 
@@ -96,7 +106,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             return
         acked += 1
         if measuring:
-            counts[bisect.bisect_left(bounds, time.monotonic() - sent)] += 1
+            lat.add(time.monotonic() - sent)
 
     async def send_for(seconds: float) -> int:
         sent = 0
@@ -105,10 +115,10 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         while (now := time.monotonic()) - start < seconds:
             due = int((now - start) * args.rate) - sent
             for _ in range(due):
-                topic, key, value = pool[i]
+                topic, key, value, headers = pool[i]
                 i = (i + 1) % len(pool)
                 t = time.monotonic()
-                fut = await producer.send(topic, value, key=key)
+                fut = await producer.send(topic, value, key=key, headers=headers)
                 fut.add_done_callback(partial(done, t))
             sent += max(0, due)
             await asyncio.sleep(TICK_S)
@@ -124,11 +134,33 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         measuring = False
     finally:
         await producer.stop()
-    total = sum(counts)
+    return {
+        "rate": args.rate,
+        "client": "aiokafka",
+        "sent_per_s": round(sent / (t1 - t0)),
+        "acked_per_s": round((acked - acked0) / (t1 - t0)),
+        "failed": failed,
+        "cpu_s_per_1000": round(1000 * (cpu1 - cpu0) / sent, 4) if sent else float("nan"),
+        "send_ack_p50_ms": lat.pct(0.5),
+        "send_ack_p99_ms": lat.pct(0.99),
+    }
 
-    def pct(q: float) -> float | None:
-        rank, seen, lower = q * total, 0, 0.0
-        for bound, count in zip(bounds, counts, strict=True):
+
+class Latencies:
+    """send→ack latencies in fixed buckets; percentiles interpolated within a bucket."""
+
+    BOUNDS = (*(b / 1000 for b in (0.25, 0.5, 1, 2, 3, 5, 7.5, 10, 15, 25, 50, 100, 250, 500)),)
+
+    def __init__(self) -> None:
+        self.bounds = [*self.BOUNDS, float("inf")]
+        self.counts = [0] * len(self.bounds)
+
+    def add(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
+
+    def pct(self, q: float) -> float | None:
+        rank, seen, lower = q * sum(self.counts), 0, 0.0
+        for bound, count in zip(self.bounds, self.counts, strict=True):
             if count and seen + count >= rank:
                 if bound == float("inf"):
                     return round(lower * 1000, 2)
@@ -137,14 +169,70 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
             lower = bound
         return None
 
+
+async def run_rdkafka(args: argparse.Namespace, pool: list[Record]) -> dict[str, Any]:
+    """The same with confluent-kafka (librdkafka), configured as the connector's
+    CONNECTOR_KAFKA_CLIENT=librdkafka; delivery reports served by poll(0) each tick.
+    CPU includes librdkafka's own threads (they share the pinned core)."""
+    from confluent_kafka import Producer
+
+    producer = Producer(
+        {
+            "bootstrap.servers": args.bootstrap,
+            "acks": "all",
+            "enable.idempotence": args.idempotence,
+            "max.in.flight.requests.per.connection": 5 if args.idempotence else 1,
+            "linger.ms": 5,
+            "batch.size": 256 * 1024,
+            "compression.type": "lz4",
+            "queue.buffering.max.messages": 200_000,
+        }
+    )
+    lat = Latencies()
+    state = {"acked": 0, "failed": 0, "measuring": False}
+
+    def done(sent: float, err: object, _msg: object) -> None:
+        if err is not None:
+            state["failed"] += 1
+            return
+        state["acked"] += 1
+        if state["measuring"]:
+            lat.add(time.monotonic() - sent)
+
+    async def send_for(seconds: float) -> int:
+        sent, i, start = 0, 0, time.monotonic()
+        while (now := time.monotonic()) - start < seconds:
+            due = int((now - start) * args.rate) - sent
+            for _ in range(due):
+                topic, key, value, headers = pool[i]
+                i = (i + 1) % len(pool)
+                producer.produce(
+                    topic,
+                    value,
+                    key,
+                    headers=headers,
+                    on_delivery=partial(done, time.monotonic()),
+                )
+            sent += max(0, due)
+            producer.poll(0)
+            await asyncio.sleep(TICK_S)
+        return sent
+
+    await send_for(args.warmup)
+    state["measuring"] = True
+    acked0, cpu0, t0 = state["acked"], cpu_s(), time.monotonic()
+    sent = await send_for(args.duration)
+    cpu1, t1 = cpu_s(), time.monotonic()
+    producer.flush(30)
     return {
         "rate": args.rate,
+        "client": "librdkafka",
         "sent_per_s": round(sent / (t1 - t0)),
-        "acked_per_s": round((acked - acked0) / (t1 - t0)),
-        "failed": failed,
+        "acked_per_s": round((state["acked"] - acked0) / (t1 - t0)),
+        "failed": state["failed"],
         "cpu_s_per_1000": round(1000 * (cpu1 - cpu0) / sent, 4) if sent else float("nan"),
-        "send_ack_p50_ms": pct(0.5),
-        "send_ack_p99_ms": pct(0.99),
+        "send_ack_p50_ms": lat.pct(0.5),
+        "send_ack_p99_ms": lat.pct(0.99),
     }
 
 
@@ -159,6 +247,7 @@ def main() -> int:
     p.add_argument("--markets", default="btcusd,ethusd")
     p.add_argument("--book-depth", type=int, default=100)
     p.add_argument("--partitions", type=int, default=1)
+    p.add_argument("--client", choices=("aiokafka", "librdkafka"), default="aiokafka")
     p.add_argument("--topic-template", default="benchref.{exchange}.{channel}.{market}")
     args = p.parse_args()
     print(json.dumps(asyncio.run(run(args))))
