@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -434,7 +435,7 @@ async def reference(
     """bench/reference.py (a bare producer sending the connector's records) on core 1,
     at each rate: the floor the producer library and the broker set here."""
     out = []
-    for rate in rates:
+    for client, rate in ((c, r) for c in args.reference_clients for r in rates):
         cmd = [
             sys.executable,
             str(ROOT / "bench" / "reference.py"),
@@ -452,6 +453,8 @@ async def reference(
             ",".join(MARKETS),
             "--book-depth",
             str(args.book_depth),
+            "--client",
+            client,
         ]
         if not embedded:
             cmd.append("--idempotence")
@@ -461,12 +464,15 @@ async def reference(
         pin(proc.pid, {1})
         stdout, stderr = await proc.communicate()
         if proc.returncode != 0:
-            print(f"  reference at {rate}/s failed: {stderr.decode(errors='replace')[-300:]}")
+            print(
+                f"  reference {client} at {rate}/s failed: {stderr.decode(errors='replace')[-300:]}"
+            )
             continue
         result = json.loads(stdout.decode().strip().splitlines()[-1])
         out.append(result)
         print(
-            f"  reference {result['sent_per_s']:>7}/s cpu {result['cpu_s_per_1000']:.3f}s/1k "
+            f"  reference {client} {result['sent_per_s']:>7}/s "
+            f"cpu {result['cpu_s_per_1000']:.3f}s/1k "
             f"send→ack p50 {result['send_ack_p50_ms']} ms p99 {result['send_ack_p99_ms']} ms",
             flush=True,
         )
@@ -670,6 +676,12 @@ async def main() -> int:
         default="2000,5000,10000",
         help="rates of the bare-producer reference (bench/reference.py); empty: skip it",
     )
+    p.add_argument(
+        "--reference-clients",
+        default="aiokafka,librdkafka",
+        help="producer libraries of the reference (librdkafka only if confluent-kafka is "
+        "installed)",
+    )
     p.add_argument("--profile-seconds", type=float, default=15)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = p.parse_args()
@@ -677,6 +689,11 @@ async def main() -> int:
     args.wal_rates = [float(r) for r in args.wal_rates.split(",") if r]
     args.reference_rates = [float(r) for r in args.reference_rates.split(",") if r]
     args.workers_rates = [float(r) for r in args.workers_rates.split(",") if r]
+    args.reference_clients = [
+        c
+        for c in args.reference_clients.split(",")
+        if c and (c != "librdkafka" or importlib.util.find_spec("confluent_kafka"))
+    ]
     args.env = dict(item.split("=", 1) for item in args.set)
     args.profiles = {}
 
@@ -729,7 +746,7 @@ async def main() -> int:
             )
         ref: list[dict[str, Any]] = []
         if args.reference_rates:
-            print("reference: a bare aiokafka producer sending the same records:", flush=True)
+            print("reference: a bare producer sending the same records:", flush=True)
             ref = await reference(args, bootstrap, broker is not None, args.reference_rates)
         mem = None if args.skip_memory else await memory(args, bootstrap, broker is not None)
     finally:
@@ -765,13 +782,13 @@ async def main() -> int:
         print(f"\nwith {args.workers} worker processes (CPU summed over them):")
         print(table(sharded))
     if ref:
-        print("\nreference (bare aiokafka producer, same records, rate, core and broker):")
-        print("| rate/s | CPU s/1k msg | send→ack p50 ms | send→ack p99 ms |")
-        print("|---|---|---|---|")
+        print("\nreference (a bare producer, same records, rate, core and broker):")
+        print("| client | rate/s | CPU s/1k msg | send→ack p50 ms | send→ack p99 ms |")
+        print("|---|---|---|---|---|")
         for r in ref:
             print(
-                f"| {r['sent_per_s']} | {r['cpu_s_per_1000']:.3f} | {r['send_ack_p50_ms']} "
-                f"| {r['send_ack_p99_ms']} |"
+                f"| {r['client']} | {r['sent_per_s']} | {r['cpu_s_per_1000']:.3f} "
+                f"| {r['send_ack_p50_ms']} | {r['send_ack_p99_ms']} |"
             )
     if mem:
         print(
