@@ -152,6 +152,13 @@ def _prefixes(column: list[str]) -> str:
     return bytes(map(len, column)).translate(_PREFIX).decode("latin-1")
 
 
+_LEVEL_WIDTHS = {2, 3}
+# Per level width, (field, output slot) of price, amount and order id; slot 4 is the union
+# branch of the order id: null ("\x00") without one, string ("\x02") with one.
+_LEVEL_SLOTS = {2: ((0, 0), (1, 2)), 3: ((0, 0), (1, 2), (2, 5))}
+_ID_BRANCH = {2: "\x00", 3: "\x02"}
+
+
 def _levels_fast_path(items: Any) -> Callable[[tuple[tuple[str, ...], ...]], str] | None:
     """For records of exactly (string, string, [null, string]) read from tuples.
 
@@ -166,28 +173,18 @@ def _levels_fast_path(items: Any) -> Callable[[tuple[tuple[str, ...], ...]], str
 
     def fast(levels: tuple[tuple[str, ...], ...]) -> str:
         widths = set(map(len, levels))
+        if len(widths) != 1 or not widths <= _LEVEL_WIDTHS:
+            raise TypeError("mixed level shapes")
+        (width,) = widths
         n = len(levels)
         flat = list(chain.from_iterable(levels))
         prefixes = _prefixes(flat)
-        out: list[str | None]
-        if widths == {2}:
-            out = [None] * (5 * n)
-            out[0::5] = prefixes[0::2]
-            out[1::5] = flat[0::2]
-            out[2::5] = prefixes[1::2]
-            out[3::5] = flat[1::2]
-            out[4::5] = ["\x00"] * n  # the null branch of the order id
-        elif widths == {3}:
-            out = [None] * (7 * n)
-            out[0::7] = prefixes[0::3]
-            out[1::7] = flat[0::3]
-            out[2::7] = prefixes[1::3]
-            out[3::7] = flat[1::3]
-            out[4::7] = ["\x02"] * n  # the string branch of the order id
-            out[5::7] = prefixes[2::3]
-            out[6::7] = flat[2::3]
-        else:
-            raise TypeError("mixed level shapes")
+        stride = 2 * width + 1  # a prefix and a text per field, and the id's union branch
+        out: list[str | None] = [None] * (stride * n)
+        for field, slot in _LEVEL_SLOTS[width]:
+            out[slot::stride] = prefixes[field::width]
+            out[slot + 1 :: stride] = flat[field::width]
+        out[4::stride] = [_ID_BRANCH[width]] * n
         return "".join(out)  # type: ignore[arg-type]  # TypeError on a non-string
 
     return fast
