@@ -19,6 +19,7 @@ import random
 import sys
 import time
 from functools import partial
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,9 @@ from connector.bitstamp.decoder import BitstampDecoder  # noqa: E402
 from connector.events import MarketEvent  # noqa: E402
 from connector.simulate import Simulator  # noqa: E402
 from connector.topics import ensure_topics  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bench"))
+from run import percentile  # noqa: E402
 
 TICK_S = 0.001
 Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
@@ -159,15 +163,9 @@ class Latencies:
         self.counts[bisect.bisect_left(self.bounds, seconds)] += 1
 
     def pct(self, q: float) -> float | None:
-        rank, seen, lower = q * sum(self.counts), 0, 0.0
-        for bound, count in zip(self.bounds, self.counts, strict=True):
-            if count and seen + count >= rank:
-                if bound == float("inf"):
-                    return round(lower * 1000, 2)
-                return round((lower + (bound - lower) * (rank - seen) / count) * 1000, 2)
-            seen += count
-            lower = bound
-        return None
+        """The q-quantile in ms, read as run.py reads the connector's histogram."""
+        seconds = percentile({}, dict(zip(self.bounds, accumulate(self.counts), strict=True)), q)
+        return None if seconds is None else round(seconds * 1000, 2)
 
 
 async def run_rdkafka(args: argparse.Namespace, pool: list[Record]) -> dict[str, Any]:
