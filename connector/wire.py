@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from itertools import chain
 from typing import Any
 
@@ -96,9 +96,12 @@ def string_levels(raw: list[Any], widths: frozenset[int]) -> tuple[Level, ...] |
     quickest check that all are strings."""
     if set(map(type, raw)) <= _LIST and set(map(len, raw)) <= widths:
         flat = list(chain.from_iterable(raw))
-        with suppress(TypeError):
-            if "".join(flat) and all(flat):
-                return tuple(map(tuple, raw))
+        try:
+            "".join(flat)  # raises TypeError unless every value is a string
+        except TypeError:
+            return None
+        if all(flat):  # and none is empty
+            return tuple(map(tuple, raw))
     return None
 
 
