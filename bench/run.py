@@ -433,50 +433,82 @@ async def reference(
     args: argparse.Namespace, bootstrap: str, embedded: bool, rates: list[float]
 ) -> list[dict[str, Any]]:
     """bench/reference.py (a bare producer sending the connector's records) on core 1,
-    at each rate: the floor the producer library and the broker set here."""
+    at each rate: the floor the producer library and the broker set here. At the
+    ``--reference-consumer-rates`` it runs again with a consumer counting its records
+    live, as the connector's steps always have one: what a reading consumer costs the
+    broker's acknowledgements on this machine."""
     out = []
-    for client, rate in ((c, r) for c in args.reference_clients for r in rates):
-        cmd = [
-            sys.executable,
-            str(ROOT / "bench" / "reference.py"),
-            "--bootstrap",
-            bootstrap,
-            "--rate",
-            str(rate),
-            "--duration",
-            str(args.duration),
-            "--warmup",
-            str(args.warmup),
-            "--mix",
-            json.dumps(MIX),
-            "--markets",
-            ",".join(MARKETS),
-            "--book-depth",
-            str(args.book_depth),
-            "--client",
-            client,
-        ]
-        if not embedded:
-            cmd.append("--idempotence")
-        proc = await asyncio.create_subprocess_exec(
-            *cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
-        )
-        pin(proc.pid, {1})
-        stdout, stderr = await proc.communicate()
-        if proc.returncode != 0:
-            print(
-                f"  reference {client} at {rate}/s failed: {stderr.decode(errors='replace')[-300:]}"
-            )
+    runs = [(c, r, False) for c in args.reference_clients for r in rates]
+    runs += [(c, r, True) for c in args.reference_clients for r in args.reference_consumer_rates]
+    for n, (client, rate, counted) in enumerate(runs):
+        # Fresh topics per run: a counter reads only this run's records.
+        template = f"benchref{n}.{{exchange}}.{{channel}}.{{market}}"
+        counter = Counter(bootstrap, rf"^benchref{n}\..*") if counted else None
+        if counter is not None:
+            await counter.start()
+        try:
+            result = await _reference_run(args, bootstrap, embedded, client, rate, template)
+        finally:
+            if counter is not None:
+                await counter.stop()
+        if result is None:
             continue
-        result = json.loads(stdout.decode().strip().splitlines()[-1])
+        result["consumer"] = counter is not None
+        if counter is not None:
+            result["counted"] = counter.n
         out.append(result)
         print(
-            f"  reference {client} {result['sent_per_s']:>7}/s "
-            f"cpu {result['cpu_s_per_1000']:.3f}s/1k "
-            f"send→ack p50 {result['send_ack_p50_ms']} ms p99 {result['send_ack_p99_ms']} ms",
+            f"  reference {client}{' + consumer' if counted else ''} "
+            f"{result['sent_per_s']:>7}/s cpu {result['cpu_s_per_1000']:.3f}s/1k "
+            f"send→ack p50 {result['send_ack_p50_ms']} ms p99 {result['send_ack_p99_ms']} ms"
+            + (f" (counted {counter.n})" if counter is not None else ""),
             flush=True,
         )
     return out
+
+
+async def _reference_run(
+    args: argparse.Namespace,
+    bootstrap: str,
+    embedded: bool,
+    client: str,
+    rate: float,
+    template: str,
+) -> dict[str, Any] | None:
+    cmd = [
+        sys.executable,
+        str(ROOT / "bench" / "reference.py"),
+        "--bootstrap",
+        bootstrap,
+        "--rate",
+        str(rate),
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup),
+        "--mix",
+        json.dumps(MIX),
+        "--markets",
+        ",".join(MARKETS),
+        "--book-depth",
+        str(args.book_depth),
+        "--client",
+        client,
+        "--topic-template",
+        template,
+    ]
+    if not embedded:
+        cmd.append("--idempotence")
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    pin(proc.pid, {1})
+    stdout, stderr = await proc.communicate()
+    if proc.returncode != 0:
+        print(f"  reference {client} at {rate}/s failed: {stderr.decode(errors='replace')[-300:]}")
+        return None
+    result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
+    return result
 
 
 async def memory(args: argparse.Namespace, bootstrap: str, embedded: bool) -> dict[str, Any]:
@@ -677,6 +709,11 @@ async def main() -> int:
         help="rates of the bare-producer reference (bench/reference.py); empty: skip it",
     )
     p.add_argument(
+        "--reference-consumer-rates",
+        default="5000",
+        help="rates at which the reference runs again with a live counting consumer",
+    )
+    p.add_argument(
         "--reference-clients",
         default="aiokafka,librdkafka",
         help="producer libraries of the reference (librdkafka only if confluent-kafka is "
@@ -689,6 +726,9 @@ async def main() -> int:
     args.wal_rates = [float(r) for r in args.wal_rates.split(",") if r]
     args.reference_rates = [float(r) for r in args.reference_rates.split(",") if r]
     args.workers_rates = [float(r) for r in args.workers_rates.split(",") if r]
+    args.reference_consumer_rates = [
+        float(r) for r in args.reference_consumer_rates.split(",") if r and args.reference_rates
+    ]
     args.reference_clients = [
         c
         for c in args.reference_clients.split(",")
@@ -783,12 +823,14 @@ async def main() -> int:
         print(table(sharded))
     if ref:
         print("\nreference (a bare producer, same records, rate, core and broker):")
-        print("| client | rate/s | CPU s/1k msg | send→ack p50 ms | send→ack p99 ms |")
-        print("|---|---|---|---|---|")
+        print(
+            "| client | live consumer | rate/s | CPU s/1k msg | send→ack p50 ms | send→ack p99 ms |"
+        )
+        print("|---|---|---|---|---|---|")
         for r in ref:
             print(
-                f"| {r['client']} | {r['sent_per_s']} | {r['cpu_s_per_1000']:.3f} "
-                f"| {r['send_ack_p50_ms']} | {r['send_ack_p99_ms']} |"
+                f"| {r['client']} | {'yes' if r['consumer'] else 'no'} | {r['sent_per_s']} "
+                f"| {r['cpu_s_per_1000']:.3f} | {r['send_ack_p50_ms']} | {r['send_ack_p99_ms']} |"
             )
     if mem:
         print(
