@@ -209,9 +209,10 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
         if sink is None:
             return 0
         log.info(
-            "producer connected to %s (acks=all, %s, idempotence %s)",
+            "producer connected to %s (acks=all, %s%s, idempotence %s)",
             bootstrap,
             settings.kafka_compression,
+            "" if settings.compression_level is None else f" level {settings.compression_level}",
             "on" if settings.idempotence else "off",
         )
         health.sink = sink

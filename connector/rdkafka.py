@@ -71,6 +71,8 @@ def rdkafka_config(settings: Settings, bootstrap: str, options: dict[str, Any]) 
         "queue.buffering.max.messages": max(100_000, 2 * settings.kafka_max_in_flight),
         "security.protocol": options["security_protocol"],
     }
+    if settings.compression_level is not None:
+        config["compression.level"] = settings.compression_level
     if "sasl_mechanism" in options:
         config["sasl.mechanism"] = options["sasl_mechanism"]
         config["sasl.username"] = options["sasl_plain_username"]

@@ -53,6 +53,9 @@ EXCHANGE_ENV_PREFIXES = tuple(e.upper() + "_" for e in SUPPORTED_EXCHANGES)
 INTERFACE_ENV_PREFIXES = (ENV_PREFIX, *EXCHANGE_ENV_PREFIXES, "KAFKA_", "SCHEMA_REGISTRY")
 _TOPIC_FIELDS = {"exchange", "channel", "market"}
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# codec: (lowest, highest, default) compression level. lz4 below 3 is its fast mode; the
+# default differs from aiokafka's 9 (high-compression mode), which costs ~14x the CPU.
+_COMPRESSION_LEVELS = {"lz4": (1, 12, 1), "zstd": (1, 22, 3), "gzip": (1, 9, 6)}
 _MARKET_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 CommaList = Annotated[list[str], NoDecode]
@@ -297,6 +300,12 @@ class Settings(BaseSettings):
     )
     kafka_compression: Literal["lz4", "zstd", "gzip", "snappy", "none"] = Field(
         default="lz4", description="Producer compression codec."
+    )
+    kafka_compression_level: int | None = Field(
+        default=None,
+        description="Compression level (Kafka's compression.level): lz4 1-12, zstd 1-22, gzip "
+        "1-9; not for snappy or none. Unset: lz4 1 (fast; 9, aiokafka's own, costs ~14x the "
+        "CPU for ~15% smaller book batches), zstd 3, gzip 6.",
     )
     kafka_linger_ms: int = Field(
         default=5, ge=0, le=10_000, description="How long the producer waits to fill a batch."
@@ -737,6 +746,33 @@ class Settings(BaseSettings):
                 "(CONNECTOR_SPOOL_DIR)"
             )
         return self
+
+    @model_validator(mode="after")
+    def _check_compression_level(self) -> Settings:
+        level = self.kafka_compression_level
+        if level is None:
+            return self
+        bounds = _COMPRESSION_LEVELS.get(self.kafka_compression)
+        if bounds is None:
+            raise ValueError(
+                f"kafka_compression_level (CONNECTOR_KAFKA_COMPRESSION_LEVEL) does not apply to "
+                f"kafka_compression {self.kafka_compression!r}: unset it"
+            )
+        low, high, _ = bounds
+        if not low <= level <= high:
+            raise ValueError(
+                f"kafka_compression_level (CONNECTOR_KAFKA_COMPRESSION_LEVEL) {level} is outside "
+                f"{self.kafka_compression}'s {low}-{high}"
+            )
+        return self
+
+    @property
+    def compression_level(self) -> int | None:
+        """The level batches are compressed at; None for codecs without levels."""
+        bounds = _COMPRESSION_LEVELS.get(self.kafka_compression)
+        if bounds is None:
+            return None
+        return bounds[2] if self.kafka_compression_level is None else self.kafka_compression_level
 
     @property
     def embedded(self) -> bool:

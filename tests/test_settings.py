@@ -36,6 +36,7 @@ def test_defaults() -> None:
     assert len(s.channels) == 6
     assert s.embedded and s.idempotence is False  # embedded broker: no idempotence
     assert s.kafka_compression == "lz4"
+    assert s.compression_level == 1  # lz4's fast mode, not aiokafka's 9
 
 
 def test_interface_environment_names(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -88,6 +89,11 @@ def test_yaml_file_and_environment_wins(tmp_path: Path, monkeypatch: pytest.Monk
         ({"CONNECTOR_TOPIC_TEMPLATE": "a/{channel}/{market}"}, "invalid Kafka topic name"),
         ({"CONNECTOR_HTTP_PORT": "70000"}, "http_port (CONNECTOR_HTTP_PORT)"),
         ({"CONNECTOR_KAFKA_COMPRESSION": "brotli"}, "kafka_compression"),
+        ({"CONNECTOR_KAFKA_COMPRESSION_LEVEL": "13"}, "13 is outside lz4's 1-12"),
+        (
+            {"CONNECTOR_KAFKA_COMPRESSION": "snappy", "CONNECTOR_KAFKA_COMPRESSION_LEVEL": "3"},
+            "does not apply to kafka_compression 'snappy'",
+        ),
         ({"CONNECTOR_EXCHANGES": "bitstamp,kraken"}, "unsupported exchange(s) ['kraken']"),
     ],
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Iterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -14,8 +15,9 @@ from hypothesis import strategies as st
 
 from connector.errors import ConfigError
 from connector.metrics import Metrics
+from connector.rdkafka import rdkafka_config
 from connector.settings import load_settings
-from connector.sink import KafkaSink, KeyPartitioner
+from connector.sink import KafkaSink, KeyPartitioner, use_compression_level
 from connector.topics import ensure_topics
 from tests.conftest import Broker
 from tests.netfault import cuttable_broker
@@ -364,3 +366,80 @@ def test_key_partitioner_places_keys_as_the_default_one(keys: list[bytes], count
             key, partitions, partitions
         )
     assert cached(None, partitions, [count - 1]) == count - 1  # keyless: an available one
+
+
+@pytest.fixture
+def aiokafka_codecs() -> Iterator[None]:
+    """use_compression_level is process-wide: restore aiokafka's own functions after."""
+    from aiokafka.record import _crecords, default_records, legacy_records
+    from aiokafka.record._crecords import default_records as c_default
+    from aiokafka.record._crecords import legacy_records as c_legacy
+
+    assert _crecords
+    names = ("lz4_encode", "zstd_encode", "gzip_encode")
+    saved = [
+        (m, n, getattr(m, n))
+        for m in (default_records, legacy_records, c_default, c_legacy)
+        for n in names
+        if hasattr(m, n)
+    ]
+    yield
+    for module, name, value in saved:
+        setattr(module, name, value)
+
+
+def _batch(compression: int) -> bytes:
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+
+    builder = DefaultRecordBatchBuilder(
+        magic=2,
+        compression_type=compression,
+        is_transactional=False,
+        producer_id=-1,
+        producer_epoch=-1,
+        base_sequence=-1,
+        batch_size=1 << 22,
+    )
+    for i in range(50):  # book-like values: compressible, as the connector's are
+        level = b"".join(b"%d.%02d\x0a0.%05d" % (60000 + j, i % 100, j * 7) for j in range(100))
+        builder.append(i, timestamp=1_700_000_000_000, key=b"btcusd", value=level, headers=[])
+    return bytes(builder.build())
+
+
+@pytest.mark.parametrize("codec,code", [("lz4", 3), ("zstd", 4), ("gzip", 1)])
+def test_aiokafka_batches_are_compressed_at_the_configured_level(
+    aiokafka_codecs: None, codec: str, code: int
+) -> None:
+    """aiokafka has no level setting; the connector binds one into the functions its batch
+    builders call. The compressed part of a batch must be exactly the codec's output at
+    that level (an aiokafka upgrade that stops calling them fails here)."""
+    from aiokafka import codec as aiokafka_codec
+
+    header = 61  # a v2 record batch's header; what follows is the (compressed) records
+    records = _batch(0)[header:]
+    encode = getattr(aiokafka_codec, f"{codec}_encode")
+    keyword = "compresslevel" if codec == "gzip" else "level"
+    sizes = {}
+    for level in (1, 9):
+        use_compression_level(codec, level)
+        body = _batch(code)[header:]
+        if codec == "gzip":  # gzip embeds a timestamp: compare what it decompresses to
+            assert aiokafka_codec.gzip_decode(body) == records
+            sizes[level] = len(body)
+            assert abs(len(body) - len(encode(records, **{keyword: level}))) <= 16
+        else:
+            assert body == encode(records, **{keyword: level})
+            sizes[level] = len(body)
+    assert sizes[9] != sizes[1]  # the level changed what was built
+
+
+def test_librdkafka_gets_the_compression_level(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CONNECTOR_KAFKA_COMPRESSION", "zstd")
+    monkeypatch.setenv("CONNECTOR_KAFKA_COMPRESSION_LEVEL", "7")
+    settings = load_settings()
+    config = rdkafka_config(settings, "127.0.0.1:9092", {"security_protocol": "PLAINTEXT"})
+    assert (config["compression.type"], config["compression.level"]) == ("zstd", 7)
+    monkeypatch.setenv("CONNECTOR_KAFKA_COMPRESSION", "snappy")
+    monkeypatch.delenv("CONNECTOR_KAFKA_COMPRESSION_LEVEL")
+    config = rdkafka_config(load_settings(), "127.0.0.1:9092", {"security_protocol": "PLAINTEXT"})
+    assert "compression.level" not in config  # snappy has no levels
