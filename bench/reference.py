@@ -1,6 +1,6 @@
 """The reference beside the connector: a bare aiokafka producer, configured as the
-connector's (acks=all, lz4, linger 5 ms, the same batch size), sending the connector's own
-records (the simulator's events of the benchmark mix, decoded and Avro-encoded once,
+connector's (acks=all, lz4 at level 1, linger 5 ms, the same batch size), sending the
+connector's own records (the simulator's events of the benchmark mix, decoded and Avro-encoded once,
 before the clock starts) at a fixed rate to the same topics, on the same core and broker.
 There is no WebSocket, no decoding, no encoding and no bookkeeping: what it measures is
 the floor the producer library and the broker set on this machine — CPU per message and
@@ -37,12 +37,14 @@ from connector.avro import (  # noqa: E402
 from connector.bitstamp.decoder import BitstampDecoder  # noqa: E402
 from connector.events import MarketEvent  # noqa: E402
 from connector.simulate import Simulator  # noqa: E402
+from connector.sink import use_compression_level  # noqa: E402
 from connector.topics import ensure_topics  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from run import percentile  # noqa: E402
 
 TICK_S = 0.001
+LZ4_LEVEL = 1  # the connector's default (kafka_compression_level)
 Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
 
 
@@ -89,6 +91,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     await ensure_topics(args.bootstrap, sorted({r[0] for r in pool}), args.partitions, 1)
     if args.client == "librdkafka":
         return await run_rdkafka(args, pool)
+    use_compression_level("lz4", LZ4_LEVEL)
     producer = AIOKafkaProducer(
         bootstrap_servers=args.bootstrap,
         acks="all",
@@ -183,6 +186,7 @@ async def run_rdkafka(args: argparse.Namespace, pool: list[Record]) -> dict[str,
             "linger.ms": 5,
             "batch.size": 256 * 1024,
             "compression.type": "lz4",
+            "compression.level": LZ4_LEVEL,
             "queue.buffering.max.messages": 200_000,
         }
     )
