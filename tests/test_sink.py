@@ -371,11 +371,10 @@ def test_key_partitioner_places_keys_as_the_default_one(keys: list[bytes], count
 @pytest.fixture
 def aiokafka_codecs() -> Iterator[None]:
     """use_compression_level is process-wide: restore aiokafka's own functions after."""
-    from aiokafka.record import _crecords, default_records, legacy_records
+    from aiokafka.record import default_records, legacy_records
     from aiokafka.record._crecords import default_records as c_default
     from aiokafka.record._crecords import legacy_records as c_legacy
 
-    assert _crecords
     names = ("lz4_encode", "zstd_encode", "gzip_encode")
     saved = [
         (m, n, getattr(m, n))
