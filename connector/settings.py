@@ -56,6 +56,7 @@ _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # codec: (lowest, highest, default) compression level. lz4 below 3 is its fast mode; the
 # default differs from aiokafka's 9 (high-compression mode), which costs ~14x the CPU.
 _COMPRESSION_LEVELS = {"lz4": (1, 12, 1), "zstd": (1, 22, 3), "gzip": (1, 9, 6)}
+_RDKAFKA_MAX_LEVEL = 12  # librdkafka's compression.level range is -1..12 for every codec
 _MARKET_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
 CommaList = Annotated[list[str], NoDecode]
@@ -303,9 +304,9 @@ class Settings(BaseSettings):
     )
     kafka_compression_level: int | None = Field(
         default=None,
-        description="Compression level (Kafka's compression.level): lz4 1-12, zstd 1-22, gzip "
-        "1-9; not for snappy or none. Unset: lz4 1 (fast; 9, aiokafka's own, costs ~14x the "
-        "CPU for ~15% smaller book batches), zstd 3, gzip 6.",
+        description="Compression level (Kafka's compression.level): lz4 1-12, zstd 1-22 (1-12 "
+        "with librdkafka), gzip 1-9; not for snappy or none. Unset: lz4 1 (fast; 9, aiokafka's "
+        "own, costs ~14x the CPU for ~15% smaller book batches), zstd 3, gzip 6.",
     )
     kafka_linger_ms: int = Field(
         default=5, ge=0, le=10_000, description="How long the producer waits to fill a batch."
@@ -763,6 +764,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"kafka_compression_level (CONNECTOR_KAFKA_COMPRESSION_LEVEL) {level} is outside "
                 f"{self.kafka_compression}'s {low}-{high}"
+            )
+        if self.kafka_client == "librdkafka" and level > _RDKAFKA_MAX_LEVEL:
+            raise ValueError(
+                f"kafka_compression_level (CONNECTOR_KAFKA_COMPRESSION_LEVEL) {level}: librdkafka "
+                f"(CONNECTOR_KAFKA_CLIENT=librdkafka) accepts at most {_RDKAFKA_MAX_LEVEL}"
             )
         return self
 

@@ -94,6 +94,14 @@ def test_yaml_file_and_environment_wins(tmp_path: Path, monkeypatch: pytest.Monk
             {"CONNECTOR_KAFKA_COMPRESSION": "snappy", "CONNECTOR_KAFKA_COMPRESSION_LEVEL": "3"},
             "does not apply to kafka_compression 'snappy'",
         ),
+        (
+            {
+                "CONNECTOR_KAFKA_CLIENT": "librdkafka",
+                "CONNECTOR_KAFKA_COMPRESSION": "zstd",
+                "CONNECTOR_KAFKA_COMPRESSION_LEVEL": "19",
+            },
+            "librdkafka (CONNECTOR_KAFKA_CLIENT=librdkafka) accepts at most 12",
+        ),
         ({"CONNECTOR_EXCHANGES": "bitstamp,kraken"}, "unsupported exchange(s) ['kraken']"),
     ],
 )
