@@ -1,11 +1,12 @@
 """The reference beside the connector: a bare aiokafka producer, configured as the
-connector's (acks=all, lz4 at level 1, linger 5 ms, the same batch size), sending the
-connector's own records (the simulator's events of the benchmark mix, decoded and Avro-encoded once,
-before the clock starts) at a fixed rate to the same topics, on the same core and broker.
-There is no WebSocket, no decoding, no encoding and no bookkeeping: what it measures is
-the floor the producer library and the broker set on this machine — CPU per message and
-the send→ack latency. ``bench/run.py`` runs it after the connector steps; alone:
-``python bench/reference.py --bootstrap HOST:PORT --rate 5000``. Prints one JSON object.
+connector's (acks=all, lz4 at the connector's default level, linger 5 ms, the same batch
+size), sending the connector's own records (the simulator's events of the benchmark mix,
+decoded and Avro-encoded once, before the clock starts) at a fixed rate to the same
+topics, on the same core and broker. There is no WebSocket, no decoding, no encoding and
+no bookkeeping: what it measures is the floor the producer library and the broker set on
+this machine — CPU per message and the send→ack latency. ``bench/run.py`` runs it after
+the connector steps; alone: ``python bench/reference.py --bootstrap HOST:PORT --rate
+5000``. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from connector.avro import (  # noqa: E402
 )
 from connector.bitstamp.decoder import BitstampDecoder  # noqa: E402
 from connector.events import MarketEvent  # noqa: E402
+from connector.settings import COMPRESSION_LEVELS  # noqa: E402
 from connector.simulate import Simulator  # noqa: E402
 from connector.sink import use_compression_level  # noqa: E402
 from connector.topics import ensure_topics  # noqa: E402
@@ -44,7 +46,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 from run import percentile  # noqa: E402
 
 TICK_S = 0.001
-LZ4_LEVEL = 1  # the connector's default (kafka_compression_level)
+# The connector's default kafka_compression_level for lz4.
+LZ4_LEVEL = COMPRESSION_LEVELS["lz4"][2]
 Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
 
 

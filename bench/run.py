@@ -453,7 +453,7 @@ async def reference(
                 await counter.stop()
         if result is None:
             continue
-        result["consumer"] = counter is not None
+        result["consumer"] = counted
         if counter is not None:
             result["counted"] = counter.n
         out.append(result)

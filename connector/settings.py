@@ -55,7 +55,7 @@ _TOPIC_FIELDS = {"exchange", "channel", "market"}
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 # codec: (lowest, highest, default) compression level. lz4 below 3 is its fast mode; the
 # default differs from aiokafka's 9 (high-compression mode), which costs ~14x the CPU.
-_COMPRESSION_LEVELS = {"lz4": (1, 12, 1), "zstd": (1, 22, 3), "gzip": (1, 9, 6)}
+COMPRESSION_LEVELS = {"lz4": (1, 12, 1), "zstd": (1, 22, 3), "gzip": (1, 9, 6)}
 _RDKAFKA_MAX_LEVEL = 12  # librdkafka's compression.level range is -1..12 for every codec
 _MARKET_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
 
@@ -753,7 +753,7 @@ class Settings(BaseSettings):
         level = self.kafka_compression_level
         if level is None:
             return self
-        bounds = _COMPRESSION_LEVELS.get(self.kafka_compression)
+        bounds = COMPRESSION_LEVELS.get(self.kafka_compression)
         if bounds is None:
             raise ValueError(
                 f"kafka_compression_level (CONNECTOR_KAFKA_COMPRESSION_LEVEL) does not apply to "
@@ -775,7 +775,7 @@ class Settings(BaseSettings):
     @property
     def compression_level(self) -> int | None:
         """The level batches are compressed at; None for codecs without levels."""
-        bounds = _COMPRESSION_LEVELS.get(self.kafka_compression)
+        bounds = COMPRESSION_LEVELS.get(self.kafka_compression)
         if bounds is None:
             return None
         return bounds[2] if self.kafka_compression_level is None else self.kafka_compression_level

@@ -82,6 +82,25 @@ class KeyPartitioner:
         return all_partitions[h % len(all_partitions)]
 
 
+def batch_builder_modules() -> tuple[list[Any], list[Any]]:
+    """aiokafka's modules whose batch builders call its codec functions: those of v2
+    batches (every broker since Kafka 0.11), in C and in Python, and the legacy (v0/v1)
+    ones, which have no zstd."""
+    from aiokafka.record import default_records, legacy_records
+
+    modules: list[Any] = [default_records]
+    legacy: list[Any] = [legacy_records]
+    try:
+        from aiokafka.record._crecords import default_records as c_default
+        from aiokafka.record._crecords import legacy_records as c_legacy
+
+        modules.append(c_default)
+        legacy.append(c_legacy)
+    except ImportError:  # aiokafka without its C extensions
+        pass
+    return modules, legacy
+
+
 def use_compression_level(codec: str, level: int | None) -> None:
     """Makes aiokafka compress batches at ``level``.
 
@@ -94,23 +113,11 @@ def use_compression_level(codec: str, level: int | None) -> None:
     if level is None:
         return
     from aiokafka import codec as aiokafka_codec
-    from aiokafka.record import default_records, legacy_records
 
     name = {"lz4": "lz4_encode", "zstd": "zstd_encode", "gzip": "gzip_encode"}[codec]
     keyword = "compresslevel" if codec == "gzip" else "level"
     bound = partial(getattr(aiokafka_codec, name), **{keyword: level})
-    # v2 batches (every broker since Kafka 0.11), in C and in Python; the legacy (v0/v1)
-    # builders have no zstd.
-    modules: list[Any] = [default_records]
-    legacy: list[Any] = [legacy_records]
-    try:
-        from aiokafka.record._crecords import default_records as c_default
-        from aiokafka.record._crecords import legacy_records as c_legacy
-
-        modules.append(c_default)
-        legacy.append(c_legacy)
-    except ImportError:  # aiokafka without its C extensions
-        pass
+    modules, legacy = batch_builder_modules()
     for module in modules:
         if not hasattr(module, name):
             raise ConfigError(

@@ -17,7 +17,12 @@ from connector.errors import ConfigError
 from connector.metrics import Metrics
 from connector.rdkafka import rdkafka_config
 from connector.settings import load_settings
-from connector.sink import KafkaSink, KeyPartitioner, use_compression_level
+from connector.sink import (
+    KafkaSink,
+    KeyPartitioner,
+    batch_builder_modules,
+    use_compression_level,
+)
 from connector.topics import ensure_topics
 from tests.conftest import Broker
 from tests.netfault import cuttable_broker
@@ -371,17 +376,9 @@ def test_key_partitioner_places_keys_as_the_default_one(keys: list[bytes], count
 @pytest.fixture
 def aiokafka_codecs() -> Iterator[None]:
     """use_compression_level is process-wide: restore aiokafka's own functions after."""
-    from aiokafka.record import default_records, legacy_records
-    from aiokafka.record._crecords import default_records as c_default
-    from aiokafka.record._crecords import legacy_records as c_legacy
-
+    modules, legacy = batch_builder_modules()
     names = ("lz4_encode", "zstd_encode", "gzip_encode")
-    saved = [
-        (m, n, getattr(m, n))
-        for m in (default_records, legacy_records, c_default, c_legacy)
-        for n in names
-        if hasattr(m, n)
-    ]
+    saved = [(m, n, getattr(m, n)) for m in modules + legacy for n in names if hasattr(m, n)]
     yield
     for module, name, value in saved:
         setattr(module, name, value)
