@@ -348,3 +348,108 @@ def test_private_events_keep_exact_text_and_reject_the_unexpected() -> None:
     with pytest.raises(ProtocolError) as err:
         decoder.feed(no_time, 5)
     assert err.value.reason == "missing_field"
+
+
+# --- the typed fast path for book frames ----------------------------------------------
+def _outcome(feed: Any, frame: bytes | str) -> Any:
+    try:
+        return feed(frame, 1_700_000_001_000_000)
+    except ProtocolError as exc:
+        return ("ProtocolError", exc.reason, exc.frame == frame)
+
+
+@pytest.mark.parametrize("frame", [F.ORDER_BOOK, F.DETAIL_ORDER_BOOK, F.DIFF_ORDER_BOOK])
+@pytest.mark.parametrize("spaced", [False, True])
+@pytest.mark.parametrize("as_text", [False, True])
+def test_documented_book_frames_take_the_typed_fast_path(
+    frame: dict[str, Any], spaced: bool, as_text: bool
+) -> None:
+    text = json.dumps(frame) if spaced else json.dumps(frame, separators=(",", ":"))
+    data: bytes | str = text if as_text else text.encode()
+    fast = BitstampDecoder("c")._fast_book(data, 5)
+    assert fast is not None  # a regression here only costs speed: this test catches it
+    assert [fast] == BitstampDecoder("c")._feed(data, 5)
+
+
+_number = st.text(alphabet="0123456789.", min_size=1, max_size=12)
+_odd_value = st.sampled_from(["", 1, 0.5, None, True, "1e5", "\u00e9"])
+_pairs = st.lists(st.tuples(_number, _number).map(list), max_size=5)
+_triples = st.lists(st.tuples(_number, _number, _number).map(list), max_size=5)
+_odd_levels = st.lists(  # mixed widths, numbers, empty strings, nulls
+    st.lists(_number | _odd_value, min_size=1, max_size=4), max_size=4
+)
+
+
+def _book_frame(channel: str) -> st.SearchStrategy[dict[str, Any]]:
+    """Mostly the channel's documented shape, sometimes not."""
+    right = _triples if channel.startswith("detail") else _pairs
+    levels = st.sampled_from([right, right, right, _pairs, _triples, _odd_levels]).flatmap(
+        lambda s: s
+    )
+    return st.fixed_dictionaries(
+        {
+            "event": st.sampled_from(["data"] * 6 + ["trade"]),
+            "channel": st.just(channel),
+            "data": st.fixed_dictionaries(
+                {
+                    "bids": levels,
+                    "asks": levels,
+                    "microtimestamp": st.sampled_from(
+                        ["1700000000100000"] * 15 + ["", "abc", 1700000000100000, 1.5, None]
+                    ),
+                },
+                optional={
+                    "timestamp": json_values,
+                    "extra_field": json_values,
+                    "nested": st.just({"channel": "order_book_xrpusd"}),
+                },
+            ),
+        },
+        optional={"unknown_top": json_values},
+    )
+
+
+_book_frames = st.sampled_from(
+    [
+        "order_book_btcusd",
+        "detail_order_book_ethusd",
+        "diff_order_book_btcusd-perp",
+        "live_trades_btcusd",
+        "order_book_",
+    ]
+).flatmap(_book_frame)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    _book_frames,
+    st.booleans(),
+    st.booleans(),
+    st.booleans(),
+)
+def test_book_fast_path_equals_the_general_path(
+    frame: dict[str, Any], spaced: bool, channel_first: bool, as_text: bool
+) -> None:
+    """Whatever the fast path accepts, it decodes exactly as the general path does; the
+    rest goes the general way (same events, same errors, same numbering)."""
+    if channel_first:
+        frame = {"channel": frame["channel"], **frame}
+    text = json.dumps(frame) if spaced else json.dumps(frame, separators=(",", ":"))
+    data: bytes | str = text if as_text else text.encode()
+    fast, general = BitstampDecoder("c"), BitstampDecoder("c")
+    assert _outcome(fast.feed, data) == _outcome(general._feed, data)
+    assert fast.sequence == general.sequence
+
+
+def test_book_fast_path_is_exact_on_the_simulator_frames() -> None:
+    from connector.simulate import Simulator
+
+    sim = Simulator()
+    fast, general = BitstampDecoder("c"), BitstampDecoder("c")
+    for channel in ("order_book", "detail_order_book", "diff_order_book"):
+        for _ in range(20):
+            data = orjson.dumps(sim.make_event(channel, "btcusd")).decode()
+            event = fast._fast_book(data, 7)
+            assert event is not None
+            assert [event] == general._feed(data, 7)
+            assert len(event.bids) == len(json.loads(data)["data"]["bids"])
