@@ -2,16 +2,29 @@
 
 Label lookups happen once per route (``RouteMetrics``), never per message. Cardinality
 is bounded by the configured exchanges, channels and markets.
+
+The per-record metrics (events received and published per route, the two latency
+histograms) are plain integers and floats that the hot path adds to, turned into
+Prometheus samples at scrape time: prometheus_client's counters and histograms take a
+lock on every increment (~2 µs per record for these four), and this process updates them
+from one event-loop thread only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Info
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from connector import __version__
 
@@ -43,24 +56,108 @@ _LATENCY_BUCKETS = (
 )
 
 
+@dataclass(slots=True)
+class RouteMetrics:
+    """One route's counters, added to on the hot path (``received += 1``)."""
+
+    labels: tuple[str, str, str]
+    received: int = 0
+    published: int = 0
+
+
+class RouteCounter(Collector):
+    """A counter per route, read at scrape time from ``RouteMetrics.<field>``."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        field: str,
+        routes: dict[tuple[str, str, str], RouteMetrics],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = ("exchange", "channel", "market")
+        self._field = field
+        self._routes = routes
+        registry.register(self)
+
+    def value(self, exchange: str, channel: str, market: str) -> int:
+        route = self._routes.get((exchange, channel, market))
+        return 0 if route is None else int(getattr(route, self._field))
+
+    def describe(self) -> list[Metric]:
+        return [CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)]
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
+        for labels, route in list(self._routes.items()):
+            family.add_metric(labels, getattr(route, self._field))
+        yield family
+
+
+class FastHistogram(Collector):
+    """A histogram fed with plain arithmetic (``observe``: one bisect, two additions) and
+    exposed at scrape time in Prometheus' format (cumulative ``le`` buckets, sum, count)."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        buckets: Sequence[float],
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames: tuple[str, ...] = ()
+        self.buckets = tuple(sorted(buckets))
+        self.counts = [0] * (len(self.buckets) + 1)  # the last one: above every bound
+        self.sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.buckets, value)] += 1  # le: value <= bound
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def describe(self) -> list[Metric]:
+        return [HistogramMetricFamily(self.name, self.documentation)]
+
+    def collect(self) -> Iterator[Metric]:
+        cumulative, total = [], 0
+        for bound, n in zip((*self.buckets, float("inf")), self.counts, strict=True):
+            total += n
+            cumulative.append((floatToGoString(bound), total))  # type: ignore[no-untyped-call]
+        family = HistogramMetricFamily(self.name, self.documentation)
+        family.add_metric([], cumulative, self.sum)
+        yield family
+
+
 class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         labels = ("exchange", "channel", "market")
+        self._routes: dict[tuple[str, str, str], RouteMetrics] = {}
         self.build_info = Info("connector_build", "Connector build information.", registry=r)
         self.build_info.info({"version": __version__})
-        self.events_received = Counter(
-            "connector_events_received_total",
+        self.events_received = RouteCounter(
+            "connector_events_received",
             "Market events decoded from the exchange.",
-            labels,
-            registry=r,
+            "received",
+            self._routes,
+            r,
         )
-        self.events_published = Counter(
-            "connector_events_published_total",
+        self.events_published = RouteCounter(
+            "connector_events_published",
             "Records acknowledged by Kafka (acks=all).",
-            labels,
-            registry=r,
+            "published",
+            self._routes,
+            r,
         )
         self.events_failed = Counter(
             "connector_events_failed_total",
@@ -190,17 +287,17 @@ class Metrics:
             "Records accepted but not yet acknowledged.",
             registry=r,
         )
-        self.ack_latency = Histogram(
+        self.ack_latency = FastHistogram(
             "connector_receive_to_ack_seconds",
             "Time from frame received to Kafka acknowledgement.",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
+            r,
         )
-        self.produce_latency = Histogram(
+        self.produce_latency = FastHistogram(
             "connector_kafka_produce_seconds",
             "Time from handing a record to the producer to its acknowledgement (acks=all).",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
+            r,
         )
         self.last_event_age = Gauge(
             "connector_last_event_age_seconds",
@@ -231,30 +328,25 @@ class Metrics:
             hook()
 
     def route(self, exchange: str, channel: str, market: str) -> RouteMetrics:
-        return RouteMetrics(
-            received=self.events_received.labels(exchange, channel, market),
-            published=self.events_published.labels(exchange, channel, market),
-            labels=(exchange, channel, market),
-        )
-
-
-@dataclass(slots=True)
-class RouteMetrics:
-    received: Any
-    published: Any
-    labels: tuple[str, str, str]
+        """The route's counters: the same object for the same labels (as ``labels()``)."""
+        labels = (exchange, channel, market)
+        route = self._routes.get(labels)
+        if route is None:
+            route = self._routes[labels] = RouteMetrics(labels)
+        return route
 
 
 def metrics_markdown() -> str:
     """The README's metrics table, generated from the registry (``make docs``)."""
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
     for collector in vars(Metrics()).values():
-        if not isinstance(collector, MetricWrapperBase):
+        if not isinstance(collector, MetricWrapperBase | RouteCounter | FastHistogram):
             continue
         for family in collector.describe():
             name = family.name + ("_total" if family.type == "counter" else "")
             if family.type == "info":
                 name = family.name + "_info"
-            labels = ", ".join(getattr(collector, "_labelnames", ())) or "—"
+            names = getattr(collector, "_labelnames", getattr(collector, "labelnames", ()))
+            labels = ", ".join(names) or "—"
             rows.append(f"| `{name}` | {family.type} | {labels} | {family.documentation} |")
     return "\n".join(rows) + "\n"

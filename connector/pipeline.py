@@ -49,7 +49,7 @@ class Publisher:
             route = await self._router.prepare(
                 event.exchange, event.channel, event.market, type(event).SCHEMA
             )
-        route.metrics.received.inc()
+        route.metrics.received += 1
         try:
             value = route.encoder.encode(event)
         except EncodeError as exc:

@@ -563,7 +563,7 @@ class KafkaSink:
         exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
         if exc is None:
             self.delivered += 1
-            rec.route.published.inc()
+            rec.route.published += 1
             if rec.spool_pos is not None:
                 assert self._spool is not None
                 self._spool.ack(rec.spool_pos)

@@ -107,11 +107,12 @@ def exported_metric_names() -> set[str]:
         names.add(family.name)
         for sample in family.samples:
             names.add(sample.name)
-    # counters are exported with _total; labelled ones have no samples until used
-    for collector in list(metrics.registry._names_to_collectors.values()):
-        names.add(collector._name)  # type: ignore[attr-defined]
-        if getattr(collector, "_type", "") == "counter":
-            names.add(collector._name + "_total")  # type: ignore[attr-defined]
+    # labelled metrics have no samples until used: their descriptions name them
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}
+    for collector in vars(metrics).values():
+        for family in getattr(collector, "describe", list)():
+            names.add(family.name)
+            names.update(family.name + suffix for suffix in suffixes.get(family.type, ()))
     return names
 
 
