@@ -11,9 +11,11 @@ Rules of this module:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar
+
+import msgspec
 
 
 class Side(StrEnum):
@@ -45,9 +47,13 @@ def _levels(levels: tuple[Level, ...]) -> list[dict[str, str | None]]:
     ]
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class MarketEvent:
-    """Fields every published record carries."""
+class MarketEvent(msgspec.Struct, frozen=True, kw_only=True, gc=False):
+    """Fields every published record carries.
+
+    Market events are msgspec Structs (frozen, keyword-only, like the dataclasses they
+    replaced): built several thousand times a second, they cost ~0.5 µs each instead of
+    ~3 µs for a frozen dataclass of 22 fields. They hold no reference cycles (text, numbers,
+    tuples, one dict of text), so the cyclic garbage collector does not track them."""
 
     SCHEMA: ClassVar[str] = ""
 
@@ -59,7 +65,7 @@ class MarketEvent:
     receive_ts_us: int
     connection_id: str
     sequence: int
-    extra: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, str] = {}  # msgspec gives each instance its own empty dict
 
     def _common(self) -> dict[str, Any]:
         return {
@@ -78,8 +84,7 @@ class MarketEvent:
         raise NotImplementedError
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Trade(MarketEvent):
+class Trade(MarketEvent, frozen=True, kw_only=True, gc=False):
     SCHEMA: ClassVar[str] = "connector.Trade"
 
     trade_id: str
@@ -102,8 +107,7 @@ class Trade(MarketEvent):
         return r
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class OrderEvent(MarketEvent):
+class OrderEvent(MarketEvent, frozen=True, kw_only=True, gc=False):
     SCHEMA: ClassVar[str] = "connector.OrderEvent"
 
     event_type: OrderEventType
@@ -138,8 +142,7 @@ class OrderEvent(MarketEvent):
         return r
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BookSnapshot(MarketEvent):
+class BookSnapshot(MarketEvent, frozen=True, kw_only=True, gc=False):
     SCHEMA: ClassVar[str] = "connector.BookSnapshot"
 
     bids: tuple[Level, ...]
@@ -156,13 +159,11 @@ class BookSnapshot(MarketEvent):
         return r
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class BookDelta(BookSnapshot):
+class BookDelta(BookSnapshot, frozen=True, kw_only=True, gc=False):
     SCHEMA: ClassVar[str] = "connector.BookDelta"
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class FundingRate(MarketEvent):
+class FundingRate(MarketEvent, frozen=True, kw_only=True, gc=False):
     SCHEMA: ClassVar[str] = "connector.FundingRate"
 
     funding_rate: str
@@ -181,8 +182,7 @@ class FundingRate(MarketEvent):
         return r
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class PrivateEvent(MarketEvent):
+class PrivateEvent(MarketEvent, frozen=True, kw_only=True, gc=False):
     """An event of a private (account) channel; its channel's schema is one of the
     connector.Private* records, which share this shape."""
 

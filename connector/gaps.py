@@ -25,8 +25,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from connector.errors import ProtocolError, RestError
 from connector.events import (
@@ -166,7 +168,7 @@ class Gaps:
                 return None
             if sub.resync_next:
                 sub.resync_next = False
-                return replace(event, resync=True)
+                return msgspec.structs.replace(event, resync=True)
         return event
 
     def _stale_diff(self, sub: SubState, event: BookDelta) -> bool:
