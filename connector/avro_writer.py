@@ -31,11 +31,8 @@ from connector.errors import SchemaError
 Writer = Callable[[Any], bytes]
 
 
-def zigzag(n: int) -> bytes:
-    """Avro long/int: zig-zag then base-128 varint."""
-    n = (n << 1) ^ (n >> 63)
-    if 0 <= n < 0x80:
-        return _BYTES[n]
+def _varint(n: int) -> bytes:
+    """Base-128 varint of a non-negative int, byte by byte (builds the tables below)."""
     out = bytearray()
     while n & ~0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -44,8 +41,37 @@ def zigzag(n: int) -> bytes:
     return bytes(out)
 
 
-_BYTES = [bytes([i]) for i in range(256)]
-_SMALL = [zigzag(i) if i >= 64 else _BYTES[2 * i] for i in range(4096)]
+# Varints 14 bits at a time: the final group's bytes (_LAST), and a middle group's two
+# bytes, both with the continuation bit (_MIDDLE). A microsecond timestamp (52 bits once
+# zig-zagged) is then 3 lookups and 2 joins instead of 8 rounds of a Python loop
+# (~0.4 µs instead of ~1 µs; three or four per record). ~1.4 MB for the two tables.
+_LAST = [_varint(c) for c in range(1 << 14)]
+_MIDDLE = [bytes(((c & 0x7F) | 0x80, (c >> 7) | 0x80)) for c in range(1 << 14)]
+
+
+def zigzag(n: int) -> bytes:
+    """Avro long/int: zig-zag then base-128 varint. ValueError outside 64 bits."""
+    n = (n << 1) ^ (n >> 63)
+    if n < 0x4000:
+        if n < 0:  # below -2**63
+            raise ValueError("an Avro long is 64 bits: value below -2**63")
+        return _LAST[n]
+    if n < 0x1000_0000:
+        return _MIDDLE[n & 0x3FFF] + _LAST[n >> 14]
+    if n < 0x400_0000_0000:
+        return _MIDDLE[n & 0x3FFF] + _MIDDLE[(n >> 14) & 0x3FFF] + _LAST[n >> 28]
+    if n >> 64:
+        raise ValueError("an Avro long is 64 bits: value of 2**63 or more")
+    parts = [_MIDDLE[n & 0x3FFF], _MIDDLE[(n >> 14) & 0x3FFF], _MIDDLE[(n >> 28) & 0x3FFF]]
+    n >>= 42
+    while n >= 0x4000:
+        parts.append(_MIDDLE[n & 0x3FFF])
+        n >>= 14
+    parts.append(_LAST[n])
+    return b"".join(parts)
+
+
+_SMALL = [zigzag(i) for i in range(4096)]
 _NULL = b"\x00"
 _SECOND = b"\x02"  # union branch index 1
 _double = struct.Struct("<d").pack

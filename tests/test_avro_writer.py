@@ -145,11 +145,37 @@ def test_book_with_many_levels_uses_the_same_bytes() -> None:
         assert WRITERS[event.SCHEMA](event) == fastavro_bytes(event)
 
 
-@pytest.mark.parametrize("n", [0, 1, -1, 63, -64, 64, 8191, -8192, 2**62, -(2**63)])
-def test_zigzag_matches_the_spec(n: int) -> None:
+# Every boundary of the 14-bit tables, and of the varint's byte count.
+_EDGES = [0, 1, -1, 63, -64, 64, 8191, -8192, 8192, 2**62, 2**63 - 1, -(2**63)] + [
+    sign * (2 ** (bits - 1)) + delta
+    for bits in (7, 14, 21, 28, 35, 42, 49, 56, 63)
+    for sign in (1, -1)
+    for delta in (-1, 0, 1)
+    if -(2**63) <= sign * (2 ** (bits - 1)) + delta < 2**63
+]
+
+
+def _fastavro_long(n: int) -> bytes:
     buf = io.BytesIO()
     fastavro.schemaless_writer(buf, "long", n)
-    assert zigzag(n) == buf.getvalue()
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("n", _EDGES)
+def test_zigzag_matches_the_spec(n: int) -> None:
+    assert zigzag(n) == _fastavro_long(n)
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.integers(min_value=-(2**63), max_value=2**63 - 1) | st.integers(-(2**20), 2**20))
+def test_zigzag_matches_fastavro_for_every_long(n: int) -> None:
+    assert zigzag(n) == _fastavro_long(n)
+
+
+@pytest.mark.parametrize("n", [2**63, 2**64, 2**100, -(2**63) - 1, -(2**80)])
+def test_zigzag_refuses_what_is_not_a_64_bit_long(n: int) -> None:
+    with pytest.raises(ValueError, match="64 bits"):
+        zigzag(n)
 
 
 def test_unsupported_schemas_are_rejected_at_compile_time() -> None:
