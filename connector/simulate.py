@@ -103,10 +103,11 @@ class _Gen:
     def amount(self) -> str:
         return _q(Decimal(self.rng.randint(1, 5_000_000)) / Decimal(10**6), 8)
 
-    def book(self, side: int, n: int, with_ids: bool) -> list[list[str]]:
+    def book(self, side: int, n: int, with_ids: bool, keep: bool) -> list[list[str]]:
         """A top-n book side that evolves: a few levels change per event, and the whole
         side is rebuilt around the moving mid now and then (cheap enough for benchmarks).
-        Returns a fresh list the caller may keep."""
+        ``keep``: a fresh copy the caller may keep (recorded frames); else the live levels,
+        to serialize at once (copying 200 levels was the simulator's largest cost)."""
         key = (side, with_ids)
         levels = self.books.get(key)
         if levels is None or len(levels) != n or self.book_events % 200 == 0:
@@ -119,7 +120,7 @@ class _Gen:
                     self.order_id += 1
                     lvl[2] = str(self.order_id)
         self.book_events += 1
-        return [list(lvl) for lvl in levels]
+        return [list(lvl) for lvl in levels] if keep else levels
 
     def levels(self, side: int, n: int, with_ids: bool) -> list[list[str]]:
         out = []
@@ -350,6 +351,8 @@ class Simulator:
         return gen
 
     def make_event(self, channel: str, market: str) -> dict[str, Any]:
+        """The next frame of a stream. Serialize it before the next call: unless ``record``
+        is on, a book frame holds the simulator's live levels."""
         g = self._gen(market)
         g.step()
         now_us = time.time_ns() // 1000
@@ -421,8 +424,8 @@ class Simulator:
             data = {
                 "timestamp": str(now_us // 10**6),
                 "microtimestamp": str(now_us),
-                "bids": g.book(0, self.book_depth, ids),
-                "asks": g.book(1, self.book_depth, ids),
+                "bids": g.book(0, self.book_depth, ids, self.record),
+                "asks": g.book(1, self.book_depth, ids, self.record),
             }
             return {"data": data, "channel": name, "event": "data"}
         if channel == "diff_order_book":
