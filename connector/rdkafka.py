@@ -1,10 +1,10 @@
 """librdkafka (confluent-kafka) behind the small producer surface the sink uses.
 
-``send()`` hands a record to librdkafka's queue and returns an asyncio future that the
-delivery report resolves; delivery reports run on the event loop thread (a poller task
-calls ``poll(0)`` while records are in flight), so the sink's bookkeeping stays
-single-threaded. Errors become exceptions carrying ``retriable`` like aiokafka's, and an
-unknown topic becomes aiokafka's ``UnknownTopicOrPartitionError`` (topic recreation).
+``produce()`` hands a record to librdkafka's queue with the sink's delivery callback;
+delivery reports run on the event loop thread (a poller task calls ``poll(0)`` while
+records are in flight), so the sink's bookkeeping stays single-threaded. Errors become
+exceptions carrying ``retriable`` like aiokafka's, and an unknown topic becomes
+aiokafka's ``UnknownTopicOrPartitionError`` (topic recreation).
 
 Why: a produce call costs about 3 µs here against about 14 µs for aiokafka's ``send``
 (shared/perf-notes.md), and librdkafka batches, compresses and talks to the brokers on its
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from functools import partial
 from typing import Any, cast
 
@@ -99,7 +100,6 @@ class RdKafkaProducer:
         self._in_flight = 0
         self._wake = asyncio.Event()
         self._poller: asyncio.Task[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def _on_error(self, err: Any) -> None:
         log.warning("librdkafka: %s", err)
@@ -108,20 +108,26 @@ class RdKafkaProducer:
         """Fails (like aiokafka's start) when no broker answers within the deadline."""
         from confluent_kafka import KafkaException
 
-        self._loop = asyncio.get_running_loop()
         try:
             await asyncio.to_thread(self._producer.list_topics, timeout=self._connect_timeout_s)
         except KafkaException as exc:
             raise RdKafkaError(f"no broker answered: {exc}", retriable=True) from exc
         self._poller = asyncio.create_task(self._poll(), name="rdkafka-poll")
+        self._poller.add_done_callback(_poller_ended)
 
-    async def send(
-        self, topic: str, value: bytes, *, key: bytes, headers: list[tuple[str, bytes]]
-    ) -> asyncio.Future[None]:
+    async def produce(
+        self,
+        topic: str,
+        value: bytes,
+        key: bytes,
+        headers: list[tuple[str, bytes]],
+        on_done: Callable[[BaseException | None], None],
+    ) -> None:
+        """Queues the record; ``on_done`` gets its outcome from a delivery report, called
+        by ``poll`` on the event loop's thread (no future per record: a future and its
+        callback's trip through the loop cost more than librdkafka's own produce)."""
         from confluent_kafka import KafkaException
 
-        assert self._loop is not None
-        fut: asyncio.Future[None] = self._loop.create_future()
         while True:
             try:
                 self._producer.produce(
@@ -129,7 +135,7 @@ class RdKafkaProducer:
                     value,
                     key,
                     headers=cast(Any, headers),
-                    on_delivery=partial(self._done, fut),
+                    on_delivery=partial(self._report, on_done),
                 )
                 break
             except BufferError:  # librdkafka's queue is full: let deliveries drain
@@ -137,18 +143,13 @@ class RdKafkaProducer:
                 await asyncio.sleep(_POLL_INTERVAL_S)
             except KafkaException as exc:
                 raise _error(exc.args[0]) from exc
+        if not self._in_flight:
+            self._wake.set()
         self._in_flight += 1
-        self._wake.set()
-        return fut
 
-    def _done(self, fut: asyncio.Future[None], err: Any, _msg: Any) -> None:
+    def _report(self, on_done: Callable[[BaseException | None], None], err: Any, _msg: Any) -> None:
         self._in_flight -= 1
-        if fut.done():
-            return
-        if err is None:
-            fut.set_result(None)
-        else:
-            fut.set_exception(_error(err))
+        on_done(None if err is None else _error(err))
 
     async def _poll(self) -> None:
         poll = self._producer.poll
@@ -163,11 +164,17 @@ class RdKafkaProducer:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
-        # Reports still due resolve their futures here, on the loop's thread (the sink
-        # bounds this call; librdkafka would run callbacks on flush()'s thread).
+        # Reports still due are delivered here, on the loop's thread (the sink bounds this
+        # call; librdkafka would run callbacks on flush()'s thread).
         deadline = asyncio.get_running_loop().time() + 5.0
         while len(self._producer) and asyncio.get_running_loop().time() < deadline:
             self._producer.poll(0)
             await asyncio.sleep(0.01)
         if len(self._producer):
             log.warning("librdkafka: %d record(s) still queued at stop", len(self._producer))
+
+
+def _poller_ended(task: asyncio.Task[None]) -> None:
+    """A delivery callback that raised stops the poller: say so (no record would settle)."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("librdkafka delivery poller stopped", exc_info=task.exception())

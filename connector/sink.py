@@ -44,7 +44,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
@@ -55,6 +55,9 @@ from connector.kafka_security import client_options
 from connector.metrics import Metrics, RouteMetrics
 from connector.settings import Settings
 from connector.spool import Spool, SpooledRecord, SpoolFull
+
+if TYPE_CHECKING:
+    from connector.rdkafka import RdKafkaProducer
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +133,38 @@ def use_compression_level(codec: str, level: int | None) -> None:
             setattr(module, name, bound)
 
 
+# A record's outcome, reported once: None when Kafka acknowledged it (acks=all), else why
+# not. Called on the event loop's thread.
+Delivery = Callable[[BaseException | None], None]
+
+
+class AioProducer:
+    """aiokafka behind the sink's producer surface (``start``, ``produce``, ``stop``),
+    which librdkafka's (``connector.rdkafka``) shares: ``produce`` hands a record over and
+    ``on_done`` later gets its outcome."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: AIOKafkaProducer) -> None:
+        self.client = client
+
+    async def start(self) -> None:
+        await self.client.start()
+
+    async def stop(self) -> None:
+        await self.client.stop()
+
+    async def produce(
+        self, topic: str, value: bytes, key: bytes, headers: Headers, on_done: Delivery
+    ) -> None:
+        fut = await self.client.send(topic, value, key=key, headers=headers)
+        fut.add_done_callback(partial(_report, on_done))
+
+
+def _report(on_done: Delivery, fut: asyncio.Future[Any]) -> None:
+    on_done(asyncio.CancelledError() if fut.cancelled() else fut.exception())
+
+
 @dataclass(slots=True, order=True)
 class _Record:
     seq: int
@@ -159,7 +194,7 @@ class KafkaSink:
         self._spool: Spool | None = None
         if settings.spool_dir is not None:
             self._spool = self._open_spool(settings)
-        self._producer: Any
+        self._producer: AioProducer | RdKafkaProducer
         if settings.kafka_client == "librdkafka":
             from connector.rdkafka import RdKafkaProducer, rdkafka_config
 
@@ -173,7 +208,7 @@ class KafkaSink:
                 ) from exc
         else:
             use_compression_level(settings.kafka_compression, settings.compression_level)
-            self._producer = AIOKafkaProducer(
+            client = AIOKafkaProducer(
                 bootstrap_servers=bootstrap_servers,
                 client_id=settings.kafka_client_id,
                 acks="all",
@@ -188,6 +223,7 @@ class KafkaSink:
                 partitioner=KeyPartitioner(),
                 **client_options(settings),
             )
+            self._producer = AioProducer(client)
         self._slots = asyncio.Semaphore(settings.kafka_max_in_flight)
         self._pending = 0  # accepted, final outcome not yet known
         self._submitted = 0  # handed to aiokafka, future not yet resolved
@@ -548,19 +584,21 @@ class KafkaSink:
         rec.attempts += 1
         rec.sent_at = time.monotonic()
         try:
-            fut = await self._producer.send(rec.topic, rec.value, key=rec.key, headers=rec.headers)
+            await self._producer.produce(
+                rec.topic, rec.value, rec.key, rec.headers, partial(self._on_done, rec)
+            )
         except KafkaError as exc:
             self._failed(rec, exc)
             return
+        # No outcome can arrive before this: aiokafka's come through the event loop,
+        # librdkafka's from the poller task.
         self._submitted += 1
         self._settled.clear()
-        fut.add_done_callback(partial(self._on_done, rec))
 
-    def _on_done(self, rec: _Record, fut: asyncio.Future[Any]) -> None:
+    def _on_done(self, rec: _Record, exc: BaseException | None) -> None:
         self._submitted -= 1
         if self._submitted == 0:
             self._settled.set()
-        exc = asyncio.CancelledError() if fut.cancelled() else fut.exception()
         if exc is None:
             self.delivered += 1
             rec.route.published += 1
