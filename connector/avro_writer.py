@@ -20,10 +20,10 @@ Correctness is defined by fastavro: the tests assert byte-for-byte equality with
 
 from __future__ import annotations
 
+import keyword
 import struct
 from collections.abc import Callable, Iterable
 from itertools import chain
-from operator import attrgetter
 from typing import Any
 
 from connector.errors import SchemaError
@@ -270,17 +270,64 @@ def _compile(schema: Any, named: dict[str, Any]) -> Writer:
     return _primitive(kind)
 
 
+def _bad_long(value: Any) -> bytes:
+    raise TypeError(f"expected int, got {type(value).__name__}")
+
+
+def _bad_boolean(value: Any) -> bytes:
+    raise TypeError(f"expected bool, got {type(value).__name__}")
+
+
+def _field_code(kind: Any, attr: str, i: int, env: dict[str, Any], named: dict[str, Any]) -> str:
+    """Python expression(s) writing the top-level field ``attr`` of event ``e``, as
+    items of the tuple that ``write`` joins. Strings, longs and booleans are written
+    inline; anything else calls its compiled writer."""
+    if isinstance(kind, dict) and not isinstance(kind.get("type"), str | type(None)):
+        kind = kind["type"]
+    if isinstance(kind, dict) and kind.get("type") in ("string", "long", "int", "boolean"):
+        kind = kind["type"]  # a primitive spelled as a schema object
+    v, n = f"_v{i}", f"_n{i}"
+    if kind == "string":
+        return f"(_SMALL[{n}] if ({n} := len({v} := e.{attr}.encode())) < 4096 else _zz({n})), {v}"
+    if kind in ("long", "int"):
+        return f"(_zz({v}) if type({v} := e.{attr}) is int else _bad_long({v}))"
+    if kind == "boolean":
+        return (
+            f"(b'\\x01' if ({v} := e.{attr}) is True else b'\\x00' if {v} is False "
+            f"else _bad_boolean({v}))"
+        )
+    writer = _compile(kind, named)
+    env[f"_w{i}"] = writer
+    return f"_w{i}(e.{attr})"
+
+
 def compile_writer(schema: dict[str, Any]) -> Callable[[Any], bytes]:
     """Compiles a top-level record schema into ``write(event) -> bytes`` reading the
-    event's attributes named like the fields."""
+    event's attributes named like the fields.
+
+    The top level is generated Python (one function per schema, like dataclasses' own
+    __init__): a single tuple of the fields' bytes, joined once, with no call per string,
+    long or boolean field. Nested types use the writers above."""
     if schema.get("type") != "record":
         raise SchemaError("a top-level schema must be a record")
     named: dict[str, Any] = {}
-    names = [f["name"] for f in schema["fields"]]
-    writers = [_compile(f["type"], named) for f in schema["fields"]]
-    get = attrgetter(*names)
-
-    def write(event: Any) -> bytes:
-        return b"".join([w(v) for w, v in zip(writers, get(event), strict=True)])
-
+    env: dict[str, Any] = {
+        "_SMALL": _SMALL,
+        "_zz": zigzag,
+        "_bad_long": _bad_long,
+        "_bad_boolean": _bad_boolean,
+    }
+    items = []
+    for i, f in enumerate(schema["fields"]):
+        name = f["name"]
+        if not name.isidentifier() or keyword.iskeyword(name):
+            raise SchemaError(f"field name {name!r} is not an attribute name")
+        items.append(_field_code(f["type"], name, i, env, named))
+    source = (
+        "def write(e):\n    return b''.join((\n"
+        + "".join(f"        {item},\n" for item in items)
+        + "    ))\n"
+    )
+    exec(compile(source, f"<avro writer {schema.get('name', '?')}>", "exec"), env)
+    write: Callable[[Any], bytes] = env["write"]
     return write

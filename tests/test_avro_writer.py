@@ -189,20 +189,40 @@ def test_unsupported_schemas_are_rejected_at_compile_time() -> None:
         compile_writer({"type": "enum", "name": "E", "symbols": ["A"]})
 
 
-def test_wrong_types_raise_instead_of_writing_garbage() -> None:
-    event = Trade(
-        exchange="bitstamp",
-        market="m",
-        channel="c",
-        exchange_ts_us=1,
-        exchange_ts_raw="1",
-        receive_ts_us=1,
-        connection_id="c",
-        sequence=1.5,
-        trade_id="1",
-        price="1",
-        amount="1",  # type: ignore[arg-type]
-        side=Side.BUY,
-    )
-    with pytest.raises(TypeError):
-        WRITERS[event.SCHEMA](event)
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("sequence", 1.5),  # long
+        ("sequence", True),  # a bool is not an Avro long
+        ("sequence", 2**63),  # beyond 64 bits
+        ("price", 1),  # string
+        ("price", b"1"),
+        ("backfilled", 1),  # boolean
+        ("side", "SIDEWAYS"),  # enum
+        ("buy_order_id", 7),  # [null, string]
+        ("extra", {"k": 1}),  # map of strings
+    ],
+)
+def test_wrong_types_raise_instead_of_writing_garbage(field: str, value: object) -> None:
+    from connector.avro import single_object_encoder
+    from connector.errors import EncodeError
+
+    fields: dict[str, Any] = {
+        "exchange": "bitstamp",
+        "market": "m",
+        "channel": "c",
+        "exchange_ts_us": 1,
+        "exchange_ts_raw": "1",
+        "receive_ts_us": 1,
+        "connection_id": "c",
+        "sequence": 1,
+        "trade_id": "1",
+        "price": "1",
+        "amount": "1",
+        "side": Side.BUY,
+    }
+    good = Trade(**fields)
+    encoder = single_object_encoder(SCHEMAS[good.SCHEMA])
+    assert encoder.encode(good)  # the same event with good values encodes
+    with pytest.raises(EncodeError, match=r"does not fit connector\.Trade"):
+        encoder.encode(Trade(**{**fields, field: value}))
