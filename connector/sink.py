@@ -226,7 +226,7 @@ class KafkaSink:
             self._producer = AioProducer(client)
         self._slots = asyncio.Semaphore(settings.kafka_max_in_flight)
         self._pending = 0  # accepted, final outcome not yet known
-        self._submitted = 0  # handed to aiokafka, future not yet resolved
+        self._submitted = 0  # handed to the producer, outcome not yet reported
         self._idle = asyncio.Event()
         self._idle.set()
         self._settled = asyncio.Event()
@@ -590,8 +590,8 @@ class KafkaSink:
         except KafkaError as exc:
             self._failed(rec, exc)
             return
-        # No outcome can arrive before this: aiokafka's come through the event loop,
-        # librdkafka's from the poller task.
+        # This record's outcome cannot arrive before this line: aiokafka's comes through
+        # the event loop, librdkafka's from a later poll().
         self._submitted += 1
         self._settled.clear()
 
