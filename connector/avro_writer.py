@@ -283,7 +283,7 @@ def _field_code(kind: Any, attr: str, i: int, env: dict[str, Any], named: dict[s
     items of the tuple that ``write`` joins. Strings, longs and booleans are written
     inline; anything else calls its compiled writer."""
     if isinstance(kind, dict) and not isinstance(kind.get("type"), str | type(None)):
-        kind = kind["type"]
+        kind = kind["type"]  # {"type": {...}} or {"type": [...]}: the type inside
     if isinstance(kind, dict) and kind.get("type") in ("string", "long", "int", "boolean"):
         kind = kind["type"]  # a primitive spelled as a schema object
     v, n = f"_v{i}", f"_n{i}"
