@@ -281,18 +281,6 @@ _CHANNEL_KEY_BYTES = b'"channel"'
 _CHANNEL_AT = re.compile(r'"channel"\s*:\s*"([a-z0-9_-]{1,100})"')
 _CHANNEL_AT_BYTES = re.compile(rb'"channel"\s*:\s*"([a-z0-9_-]{1,100})"')
 _MAX_NAMES = 10_000  # channel names remembered per connection (1 024 are subscribable)
-_UNSEEN: Any = object()
-# A book channel's decoder, channel and market, and its name as text.
-_BookRoute = tuple[msgspec.json.Decoder[Any], str, str, str]
-
-
-def _book_decoder(name: str | bytes) -> _BookRoute | None:
-    text = name if isinstance(name, str) else name.decode("ascii")
-    where = split_channel(text)
-    if where is None:
-        return None
-    decoder = _BOOK_DECODERS.get(where[0])
-    return None if decoder is None else (decoder, where[0], where[1], text)
 
 
 class BitstampDecoder:
@@ -302,14 +290,12 @@ class BitstampDecoder:
     control messages) or raises ``ProtocolError``.
     """
 
-    __slots__ = ("_book_decoders", "_channels", "connection_id", "sequence")
+    __slots__ = ("_channels", "connection_id", "sequence")
 
     def __init__(self, connection_id: str) -> None:
         self.connection_id = connection_id
         self.sequence = 0
-        self._channels: dict[str, tuple[str, str]] = {}
-        # channel name as found in frames → its book route; None: not a book channel
-        self._book_decoders: dict[str | bytes, _BookRoute | None] = {}
+        self._channels: dict[str, tuple[str, str]] = {}  # channel name → (channel, market)
 
     def subscribe(self, names: list[str]) -> list[str]:
         return [subscribe_frame(name) for name in names]
@@ -328,10 +314,21 @@ class BitstampDecoder:
                 return [fast]
         return self._feed(frame, receive_ts_us)
 
+    def _where(self, name: str) -> tuple[str, str] | None:
+        """(channel, market) of a channel name, None if unknown; known names are cached
+        (a bounded cache: the names come from the wire)."""
+        where = self._channels.get(name)
+        if where is None:
+            where = split_channel(name)
+            if where is not None:
+                if len(self._channels) >= _MAX_NAMES:
+                    self._channels.clear()
+                self._channels[name] = where
+        return where
+
     def _fast_book(self, frame: bytes | str, rts: int) -> BookSnapshot | None:
         """The book event if ``frame`` is a book frame of the exact documented shape;
         None sends it the general way (which also reports what is wrong with it)."""
-        name: str | bytes
         if isinstance(frame, str):
             at = _CHANNEL_AT.match(frame, max(frame.rfind(_CHANNEL_KEY), 0))
             if at is None:
@@ -341,21 +338,20 @@ class BitstampDecoder:
             at_bytes = _CHANNEL_AT_BYTES.match(frame, max(frame.rfind(_CHANNEL_KEY_BYTES), 0))
             if at_bytes is None:
                 return None
-            name = at_bytes.group(1)
-        book = self._book_decoders.get(name, _UNSEEN)
-        if book is _UNSEEN:
-            if len(self._book_decoders) >= _MAX_NAMES:  # names come from the wire: bounded
-                self._book_decoders.clear()
-            book = self._book_decoders[name] = _book_decoder(name)
-        if book is None:
+            name = at_bytes.group(1).decode("ascii")
+        where = self._where(name)
+        if where is None:
             return None
-        decoder, channel, market, text = book
+        channel, market = where
+        decoder = _BOOK_DECODERS.get(channel)
+        if decoder is None:
+            return None
         try:
             msg = decoder.decode(frame)
         except msgspec.DecodeError:  # ValidationError included
             return None
         # The name found must be the frame's own channel (not text inside another field).
-        if msg.event != "data" or msg.channel != text:
+        if msg.event != "data" or msg.channel != name:
             return None
         data = msg.data
         try:
@@ -413,14 +409,9 @@ class BitstampDecoder:
             raise ProtocolError("unknown_event", f"unknown event {event!r:.60}", frame)
         if not isinstance(data, dict):
             raise ProtocolError("invalid_field", f"'data' of {event!r} is not an object", frame)
-        where = self._channels.get(channel_name)
+        where = self._where(channel_name)
         if where is None:
-            where = split_channel(channel_name)
-            if where is None:
-                raise ProtocolError(
-                    "unknown_channel", f"unknown channel {channel_name!r:.80}", frame
-                )
-            self._channels[channel_name] = where
+            raise ProtocolError("unknown_channel", f"unknown channel {channel_name!r:.80}", frame)
         channel, market = where
         if event not in _EVENTS_OF[channel]:
             raise ProtocolError("unknown_event", f"event {event!r} is not sent on {channel}", frame)
@@ -457,12 +448,9 @@ class BitstampDecoder:
     def _private(
         self, event: str, name: str, data: Any, frame: bytes | str, rts: int
     ) -> PrivateEvent:
-        where = self._channels.get(name)
+        where = self._where(name)
         if where is None:
-            where = split_channel(name)
-            if where is None:
-                raise ProtocolError("unknown_channel", f"unknown channel {name!r:.80}", frame)
-            self._channels[name] = where
+            raise ProtocolError("unknown_channel", f"unknown channel {name!r:.80}", frame)
         channel, market = where
         if event not in _PRIVATE_EVENTS[channel]:
             raise ProtocolError("unknown_event", f"event {event!r} is not sent on {channel}", frame)
