@@ -78,10 +78,16 @@ _double = struct.Struct("<d").pack
 _float = struct.Struct("<f").pack
 
 
+def _bad_long(value: Any) -> bytes:
+    raise TypeError(f"expected int, got {type(value).__name__}")
+
+
+def _bad_boolean(value: Any) -> bytes:
+    raise TypeError(f"expected bool, got {type(value).__name__}")
+
+
 def _long(value: int) -> bytes:
-    if type(value) is not int:
-        raise TypeError(f"expected int, got {type(value).__name__}")
-    return zigzag(value)
+    return zigzag(value) if type(value) is int else _bad_long(value)
 
 
 def _string(value: str) -> bytes:
@@ -92,7 +98,7 @@ def _string(value: str) -> bytes:
 
 def _boolean(value: bool) -> bytes:
     if type(value) is not bool:
-        raise TypeError(f"expected bool, got {type(value).__name__}")
+        return _bad_boolean(value)
     return b"\x01" if value else b"\x00"
 
 
@@ -268,14 +274,6 @@ def _compile(schema: Any, named: dict[str, Any]) -> Writer:
     if isinstance(kind, dict | list):
         return _compile(kind, named)
     return _primitive(kind)
-
-
-def _bad_long(value: Any) -> bytes:
-    raise TypeError(f"expected int, got {type(value).__name__}")
-
-
-def _bad_boolean(value: Any) -> bytes:
-    raise TypeError(f"expected bool, got {type(value).__name__}")
 
 
 def _field_code(kind: Any, attr: str, i: int, env: dict[str, Any], named: dict[str, Any]) -> str:
