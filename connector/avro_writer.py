@@ -7,12 +7,11 @@ event's attributes directly. It covers the Avro subset our schemas use (records,
 int/long, boolean, double/float, enum, array, map, and unions of null with one type);
 ``compile_writer`` rejects anything else at start.
 
-Level arrays (records of strings and optional strings, read from tuples) have a fast path
-built from C-level iterators: for ASCII strings shorter than 64 characters, the Avro
-length prefix (zig-zag varint) is the single character ``chr(2 * len)``, so the whole
-array is one ``str.join`` and one ``encode``; a single ``isascii()`` check proves both
-conditions (a length of 64 or more yields a non-ASCII prefix). Anything else takes the
-generic path.
+Level arrays (records of strings and optional strings, read from tuples) have a fast path:
+for ASCII strings shorter than 64 characters, the Avro length prefix (zig-zag varint) is
+the single character ``chr(2 * len)``, so a level is one f-string, the array one
+``str.join`` and one ``encode``, checked by a single ``isascii()``. Anything else (a longer
+string, a non-string, a null where the fast path wants text) takes the generic path.
 
 Correctness is defined by fastavro: the tests assert byte-for-byte equality with
 ``fastavro.schemaless_writer`` on generated events.
@@ -23,7 +22,6 @@ from __future__ import annotations
 import keyword
 import struct
 from collections.abc import Callable, Iterable
-from itertools import chain
 from typing import Any
 
 from connector.errors import SchemaError
@@ -163,7 +161,7 @@ def _array(schema: dict[str, Any], named: dict[str, Any]) -> Writer:
             return _NULL
         try:
             text = fast(values)
-        except (TypeError, ValueError):  # not strings, bad shapes, or a length over 255
+        except (TypeError, ValueError, IndexError):  # not strings, bad shapes, 64+ characters
             return generic(values)
         if not text.isascii():  # a non-ASCII string, or one of 64 or more characters
             return generic(values)
@@ -172,31 +170,35 @@ def _array(schema: dict[str, Any], named: dict[str, Any]) -> Writer:
     return write
 
 
-# Length → Avro length prefix, as one byte per string: lengths under 64 become 2 * len;
-# 64 to 255 become 0x80, which the isascii() check then rejects; 256 or more cannot be a
-# byte at all (bytes() raises ValueError).
-_PREFIX = bytes(2 * n if n < 64 else 0x80 for n in range(256))
+# Length → Avro length prefix (zig-zag varint), as one character: lengths under 64 only; a
+# longer string is an IndexError, and the generic path writes it.
+_PREFIX = tuple(chr(2 * n) for n in range(64))
 
 
-def _prefixes(column: list[str]) -> str:
-    """The Avro length prefixes of ``column`` as one string, one character per string
-    (three C-level passes: len, bytes, translate)."""
-    return bytes(map(len, column)).translate(_PREFIX).decode("latin-1")
+def _levels2(levels: tuple[tuple[str, ...], ...]) -> str:
+    """(price, amount) levels, the order id null: the id's union branch is ``"\x00"``."""
+    p = _PREFIX
+    return "".join([f"{p[len(a)] + a}{p[len(b)] + b}\x00" for a, b in levels])
 
 
-_LEVEL_WIDTHS = {2, 3}
-# Per level width, (field, output slot) of price, amount and order id; slot 4 is the union
-# branch of the order id: null ("\x00") without one, string ("\x02") with one.
-_LEVEL_SLOTS = {2: ((0, 0), (1, 2)), 3: ((0, 0), (1, 2), (2, 5))}
-_ID_BRANCH = {2: "\x00", 3: "\x02"}
+def _levels3(levels: tuple[tuple[str, ...], ...]) -> str:
+    """(price, amount, order id) levels: the id's union branch is string, ``"\x02"``."""
+    p = _PREFIX
+    return "".join([f"{p[len(a)] + a}{p[len(b)] + b}\x02{p[len(c)] + c}" for a, b, c in levels])
+
+
+_LEVELS = {2: _levels2, 3: _levels3}
 
 
 def _levels_fast_path(items: Any) -> Callable[[tuple[tuple[str, ...], ...]], str] | None:
     """For records of exactly (string, string, [null, string]) read from tuples.
 
-    The levels are flattened once; each field then fills every k-th slot of the output
-    list by slice assignment (C loops, no per-level Python work), and the list is joined.
-    A non-string anywhere fails the join (TypeError), and a bad length the prefixes."""
+    One comprehension of f-strings per level width (the width of the first level). Each
+    string is concatenated to its prefix, so anything but a str fails (TypeError), as do a
+    level of another width (ValueError: unpacking), a null order id in a three-wide level
+    (TypeError) and a string of 64 or more characters (IndexError); the caller's
+    ``isascii()`` check rejects non-ASCII text. (An f-string alone would format a bytes
+    or a list into text without complaint.)"""
     if not isinstance(items, dict) or items.get("type") != "record":
         return None
     types = [f["type"] for f in items["fields"]]
@@ -204,20 +206,10 @@ def _levels_fast_path(items: Any) -> Callable[[tuple[tuple[str, ...], ...]], str
         return None
 
     def fast(levels: tuple[tuple[str, ...], ...]) -> str:
-        widths = set(map(len, levels))
-        if len(widths) != 1 or not widths <= _LEVEL_WIDTHS:
-            raise TypeError("mixed level shapes")
-        (width,) = widths
-        n = len(levels)
-        flat = list(chain.from_iterable(levels))
-        prefixes = _prefixes(flat)
-        stride = 2 * width + 1  # a prefix and a text per field, and the id's union branch
-        out: list[str | None] = [None] * (stride * n)
-        for field, slot in _LEVEL_SLOTS[width]:
-            out[slot::stride] = prefixes[field::width]
-            out[slot + 1 :: stride] = flat[field::width]
-        out[4::stride] = [_ID_BRANCH[width]] * n
-        return "".join(out)  # type: ignore[arg-type]  # TypeError on a non-string
+        write = _LEVELS.get(len(levels[0]))
+        if write is None:
+            raise TypeError("a level of neither 2 nor 3 fields")
+        return write(levels)
 
     return fast
 
@@ -244,9 +236,11 @@ def _tuple_record(schema: dict[str, Any], named: dict[str, Any]) -> Writer:
     n = len(writers)
 
     def write(value: tuple[Any, ...]) -> bytes:
-        if len(value) < n:
+        if len(value) != n:
+            if len(value) > n:  # a field the schema has no place for: never drop it silently
+                raise ValueError(f"{len(value)} fields for a record of {n}")
             value = (*value, *([None] * (n - len(value))))
-        return b"".join([w(v) for w, v in zip(writers, value, strict=False)])
+        return b"".join([w(v) for w, v in zip(writers, value, strict=True)])
 
     return write
 

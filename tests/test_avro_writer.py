@@ -226,3 +226,54 @@ def test_wrong_types_raise_instead_of_writing_garbage(field: str, value: object)
     assert encoder.encode(good)  # the same event with good values encodes
     with pytest.raises(EncodeError, match=r"does not fit connector\.Trade"):
         encoder.encode(Trade(**{**fields, field: value}))
+
+
+def _book(bids: Any) -> BookSnapshot:
+    return BookSnapshot(
+        exchange="bitstamp",
+        market="btcusd",
+        channel="order_book",
+        exchange_ts_us=1,
+        exchange_ts_raw="1",
+        receive_ts_us=2,
+        connection_id="c",
+        sequence=3,
+        bids=bids,
+        asks=(("2", "1"),),
+    )
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        (b"1", "2"),  # bytes: an f-string alone would write "b'1'"
+        (["1"], "2"),  # a list: it has a len() and would be formatted as "['1']"
+        ("1", 2),
+        (None, "2"),
+        ("1",),  # too few fields
+        ("1", "2", "3", "4"),  # too many
+        ("1", "2", b"3"),  # an order id of the wrong type
+    ],
+)
+@pytest.mark.parametrize("first", [True, False])
+def test_wrong_types_in_book_levels_raise(bad: tuple[Any, ...], first: bool) -> None:
+    from connector.avro import single_object_encoder
+    from connector.errors import EncodeError
+
+    good = ("37000.5", "0.1")
+    encoder = single_object_encoder(SCHEMAS["connector.BookSnapshot"])
+    assert encoder.encode(_book((good, good)))
+    with pytest.raises(EncodeError, match=r"does not fit connector\.BookSnapshot"):
+        encoder.encode(_book((bad, good) if first else (good, bad)))
+
+
+def test_null_order_ids_and_mixed_widths_match_fastavro() -> None:
+    cases = [
+        (("1", "2", None), ("3", "4", "5")),  # a null id in three-wide levels
+        (("1", "2", "9"), ("3", "4")),  # three-wide first, then two-wide
+        (("1", "2"), ("3", "4", "5")),
+        (("1", "2"), ("3", "4", None)),
+    ]
+    for bids in cases:
+        event = _book(bids)
+        assert WRITERS[event.SCHEMA](event) == fastavro_bytes(event)
