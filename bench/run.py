@@ -5,10 +5,13 @@ On a 2-core machine the connector is pinned to core 1 and everything else (simul
 broker, consumer) to core 0, so "CPU per message" is the connector's alone. For each
 offered rate it reports the sustained delivered rate, connector CPU seconds per 1 000
 messages, messages per second per core, receive→ack latency percentiles from the
-connector's own histogram, RSS, and whether it kept up. The same steps again with the
-write-ahead spool on (every record written to disk before it is sent: the cost of crash
-safety). Then a memory scenario: 250 markets x 6 channels at a quiet rate, steady-state
-RSS. Results: bench/results.json.
+connector's own histogram, RSS, and whether it kept up. Then low rates again with the
+consumer paused during each measured window (it reads the window's records right after,
+so none goes uncounted): on two shared cores a live consumer's fetches load the broker
+and lengthen its acks, which a deployment's separate broker would not. The same steps
+again with the write-ahead spool on (every record written to disk before it is sent: the
+cost of crash safety). Then a memory scenario: 250 markets x 6 channels at a quiet rate,
+steady-state RSS. Results: bench/results.json.
 """
 
 from __future__ import annotations
@@ -170,7 +173,11 @@ def max_bucket(before: dict[float, float], after: dict[float, float]) -> float |
 
 
 class Counter:
-    """Counts records on the benchmark topics (a consumer, like a user's)."""
+    """Counts records on the benchmark topics (a consumer, like a user's).
+
+    ``pause()`` stops its fetches (aiokafka fetches nothing for a paused partition) and
+    ``resume()`` lets it catch up: the latency scenario measures its window without a
+    consumer loading the broker that shares the connector's two cores."""
 
     def __init__(self, bootstrap: str, pattern: str) -> None:
         self.n = 0
@@ -184,6 +191,26 @@ class Counter:
         )
         self._consumer.subscribe(pattern=pattern)
         self._task: asyncio.Task[None] | None = None
+        self._running = asyncio.Event()
+        self._running.set()
+        self._counted = asyncio.Event()  # set after every fetch
+
+    def pause(self) -> None:
+        self._running.clear()
+        self._consumer.pause(*self._consumer.assignment())
+
+    def resume(self) -> None:
+        self._consumer.resume(*self._consumer.assignment())
+        self._running.set()
+
+    async def caught_up(self, total: float, within_s: float) -> bool:
+        """Whether the count reaches ``total`` within ``within_s`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within_s):
+                while self.n < total:
+                    self._counted.clear()
+                    await self._counted.wait()
+        return self.n >= total
 
     async def start(self) -> None:
         await self._consumer.start()
@@ -191,8 +218,10 @@ class Counter:
 
     async def _run(self) -> None:
         while True:
+            await self._running.wait()
             batch = await self._consumer.getmany(timeout_ms=200, max_records=50_000)
             self.n += sum(len(v) for v in batch.values())
+            self._counted.set()
 
     async def stop(self) -> None:
         if self._task:
@@ -216,6 +245,9 @@ class Step:
     send_ack_p99_ms: float | None
     rss_mb: float
     kept_up: bool
+    # "live": the consumer counted during the window; "after": it was paused and counted
+    # the window's records after it (delivered = acked in the window, all of them read).
+    consumer: str = "live"
 
 
 def connector_env(
@@ -330,6 +362,7 @@ async def throughput(
     log_name: str = "connector.log",
     profile_rate: float | None = None,
     workers: int = 1,
+    count_after: bool = False,
 ) -> list[Step]:
     markets = MARKETS
     subs = subscriptions(markets)
@@ -378,8 +411,10 @@ async def throughput(
                     counter.n,
                     await scrape(client, http_port, workers),
                 )
+                if count_after:
+                    counter.pause()
                 cpu0, t0 = cpu_seconds(conn.pid), time.monotonic()
-                await asyncio.sleep(args.duration)
+                await asyncio.sleep(args.latency_duration if count_after else args.duration)
                 s1, c1, m1 = (
                     await sim_sent(client, sim_port),
                     counter.n,
@@ -387,10 +422,17 @@ async def throughput(
                 )
                 cpu1, t1 = cpu_seconds(conn.pid), time.monotonic()
                 elapsed = t1 - t0
-                offered, delivered = (s1 - s0) / elapsed, (c1 - c0) / elapsed
                 published = m1["published"] - m0["published"]
-                cpu = cpu1 - cpu0
+                offered, delivered = (s1 - s0) / elapsed, (c1 - c0) / elapsed
                 backlog = s1 - c1
+                if count_after:
+                    # Everything acked by the window's end must be read back; then what
+                    # the window delivered is what it acked.
+                    counter.resume()
+                    read = await counter.caught_up(m1["published"], within_s=60)
+                    delivered = published / elapsed if read else (counter.n - c0) / elapsed
+                    backlog = s1 - m1["published"] if read else s1 - counter.n
+                cpu = cpu1 - cpu0
                 step = Step(
                     offered_target=rate,
                     offered=round(offered),
@@ -404,6 +446,7 @@ async def throughput(
                     send_ack_p99_ms=_ms(percentile(m0["produce"], m1["produce"], 0.99)),
                     rss_mb=round(rss_mb(conn.pid), 1),
                     kept_up=delivered >= 0.97 * offered and backlog < max(1000, offered),
+                    consumer="after" if count_after else "live",
                 )
                 steps.append(step)
                 if profile_rate == rate:
@@ -697,6 +740,19 @@ async def main() -> int:
         help="after measuring this rate step, sample the connector with py-spy and report "
         "its top functions",
     )
+    p.add_argument(
+        "--latency-rates",
+        default="2000,5000",
+        help="rate steps measured with the counting consumer paused in the window, which "
+        "then reads the window's records (empty: skip it)",
+    )
+    p.add_argument(
+        "--latency-duration",
+        type=float,
+        default=30,
+        help="seconds measured per latency step (a p99 over more samples: one stall of "
+        "the shared machine weighs less)",
+    )
     p.add_argument("--workers", type=int, default=2, help="worker processes of that scenario")
     p.add_argument(
         "--workers-rates",
@@ -722,8 +778,9 @@ async def main() -> int:
     p.add_argument("--profile-seconds", type=float, default=15)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
     args = p.parse_args()
-    args.rates = [float(r) for r in args.rates.split(",")]
+    args.rates = [float(r) for r in args.rates.split(",") if r]
     args.wal_rates = [float(r) for r in args.wal_rates.split(",") if r]
+    args.latency_rates = [float(r) for r in args.latency_rates.split(",") if r]
     args.reference_rates = [float(r) for r in args.reference_rates.split(",") if r]
     args.workers_rates = [float(r) for r in args.workers_rates.split(",") if r]
     args.reference_consumer_rates = [
@@ -749,9 +806,26 @@ async def main() -> int:
             f"broker: {bootstrap} ({'embedded Tansu' if broker else 'external'}); "
             f"cores: {os.cpu_count()}; connector pinned to core 1"
         )
-        steps = await throughput(
-            args, bootstrap, broker is not None, args.rates, {}, profile_rate=args.profile_rate
-        )
+        steps: list[Step] = []
+        if args.rates:
+            steps = await throughput(
+                args, bootstrap, broker is not None, args.rates, {}, profile_rate=args.profile_rate
+            )
+        quiet: list[Step] = []
+        if args.latency_rates:
+            print(
+                "latency without a live consumer (it reads each window's records after it):",
+                flush=True,
+            )
+            quiet = await throughput(
+                args,
+                bootstrap,
+                broker is not None,
+                args.latency_rates,
+                {"CONNECTOR_TOPIC_TEMPLATE": "benchlat.{exchange}.{channel}.{market}"},
+                "connector-latency.log",
+                count_after=True,
+            )
         wal: list[Step] = []
         if args.wal_rates:
             print("write-ahead spool (CONNECTOR_SPOOL_WRITE_AHEAD=true):", flush=True)
@@ -805,6 +879,7 @@ async def main() -> int:
         "book_depth": args.book_depth,
         "settings": args.env,
         "steps": [asdict(s) for s in steps],
+        "latency_steps": [asdict(s) for s in quiet],
         "write_ahead_steps": [asdict(s) for s in wal],
         "workers": args.workers,
         "worker_steps": [asdict(s) for s in sharded],
@@ -813,8 +888,12 @@ async def main() -> int:
         "profiles": args.profiles,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print()
-    print(table(steps))
+    if steps:
+        print()
+        print(table(steps))
+    if quiet:
+        print("\nthe consumer paused in each window, reading its records after it:")
+        print(table(quiet))
     if wal:
         print("\nwith the write-ahead spool:")
         print(table(wal))
