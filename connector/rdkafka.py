@@ -60,6 +60,9 @@ def rdkafka_config(settings: Settings, bootstrap: str, options: dict[str, Any]) 
         "bootstrap.servers": bootstrap,
         "client.id": settings.kafka_client_id,
         "acks": "all",
+        # The Java client's (and aiokafka's) key → partition mapping, not librdkafka's
+        # default consistent_random (CRC32): switching libraries keeps a key's partition.
+        "partitioner": "murmur2_random",
         "enable.idempotence": settings.idempotence,
         "max.in.flight.requests.per.connection": 5 if settings.idempotence else 1,
         "linger.ms": settings.kafka_linger_ms,

@@ -374,6 +374,43 @@ def test_key_partitioner_places_keys_as_the_default_one(keys: list[bytes], count
     assert cached(None, partitions, [count - 1]) == count - 1  # keyless: an available one
 
 
+@CLIENTS
+async def test_keys_land_on_the_java_clients_partitions(
+    broker: Broker, topic_prefix: str, client: str
+) -> None:
+    """Both producer libraries place a key where the Java client does (murmur2): a key's
+    records stay on one partition when a deployment switches CONNECTOR_KAFKA_CLIENT, and
+    keyed joins downstream see the usual layout. (librdkafka's own default partitioner,
+    consistent_random, hashes with CRC32 instead.)"""
+    topic = f"{topic_prefix}.keys"
+    await ensure_topics(broker.bootstrap, [topic], 6, 1)
+    metrics = Metrics()
+    sink = KafkaSink(_settings(broker.env(), kafka_client=client), broker.bootstrap, metrics)
+    await sink.start()
+    route = metrics.route("bitstamp", "live_trades", "btcusd")
+    keys = [m.encode() for m in ("btcusd", "ethusd", "xrpusd", "solusd", "ltcusd", "adausd")]
+    keys += [b"market-%d" % i for i in range(30)]
+    for key in keys:
+        await sink.send(topic, key, key, [], route, 0.0)
+    assert await sink.flush(30)
+    await sink.close()
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    placed: dict[bytes, int] = {}
+    try:
+        async with asyncio.timeout(30):
+            while len(placed) < len(keys):
+                for tp, msgs in (await consumer.getmany(timeout_ms=500)).items():
+                    placed.update((m.key, tp.partition) for m in msgs if m.key is not None)
+    finally:
+        await consumer.stop()
+    expected = {k: DefaultPartitioner()(k, list(range(6)), list(range(6))) for k in keys}
+    assert placed == expected
+    assert len(set(placed.values())) > 1  # the keys did spread: the test can tell
+
+
 @pytest.fixture
 def aiokafka_codecs() -> Iterator[None]:
     """use_compression_level is process-wide: restore aiokafka's own functions after."""
