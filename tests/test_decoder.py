@@ -321,6 +321,32 @@ def test_arbitrary_bitstamp_shaped_frames_raise_only_protocol_error(frame: dict[
     assert len(out) == 1
 
 
+@pytest.mark.parametrize("value", [[1], {"side": 1}, []])
+@pytest.mark.parametrize(
+    "frame, key",
+    [
+        (F.ORDER_CREATED, "order_type"),
+        (F.TRADE, "type"),
+        (
+            {
+                "event": "trade",
+                "channel": "private-my_trades_btcusd-7",
+                "data": {"id": 12, "side": "sell", "microtimestamp": "1700000000000001"},
+            },
+            "side",
+        ),
+    ],
+)
+def test_a_side_that_cannot_be_looked_up_is_an_invalid_field(
+    frame: dict[str, Any], key: str, value: object
+) -> None:
+    """A list or object as the side used to escape ``feed`` as a TypeError (unhashable)."""
+    bad = {**frame, "data": {**frame["data"], key: value}}
+    with pytest.raises(ProtocolError) as err:
+        BitstampDecoder("c").feed(json.dumps(bad), 5)
+    assert (err.value.reason, key in err.value.detail) == ("invalid_field", True)
+
+
 def test_private_events_keep_exact_text_and_reject_the_unexpected() -> None:
     from connector.events import PrivateEvent
 
@@ -453,3 +479,13 @@ def test_book_fast_path_is_exact_on_the_simulator_frames() -> None:
             assert event is not None
             assert [event] == general._feed(data, 7)
             assert len(event.bids) == len(json.loads(data)["data"]["bids"])
+
+
+def test_an_extra_int_beyond_64_bits_is_kept_whole() -> None:
+    """A float-only decimal sends the frame to the exact-numbers parse, which keeps big
+    ints whole; orjson cannot write those back (its TypeError used to escape ``feed``)."""
+    data = {k: v for k, v in F.ORDER_CREATED["data"].items() if k != "amount_str"}  # type: ignore[union-attr]
+    frame = {**F.ORDER_CREATED, "data": {**data, "note": -(2**63) - 1}}
+    (event,) = BitstampDecoder("c").feed(json.dumps(frame), 5)
+    assert event.amount == "0.5"  # the float's own text
+    assert event.extra == {"note": str(-(2**63) - 1)}

@@ -67,6 +67,7 @@ def test_backfill_skips_trades_already_published() -> None:
         [{"tid": "x1", "date": "1", "price": "1", "amount": "1"}],
         [{"tid": "1", "date": "soon", "price": "1", "amount": "1"}],
         [{"tid": "1", "date": "1", "price": 1.5, "amount": "1"}],
+        [{"tid": "1", "date": "1", "price": "1", "amount": "1", "type": [0]}],  # unhashable
     ],
 )
 def test_bad_rest_trades_are_protocol_errors(payload: object) -> None:

@@ -188,6 +188,14 @@ def _opt_ident(key: str, value: Any) -> str | None:
     raise _bad(key, value)
 
 
+def _side_of(key: str, value: Any) -> Side:
+    """Bitstamp's 0/1 (also "0"/"1", "buy"/"sell"); any other scalar is UNKNOWN, while a
+    list or an object is an invalid field (it cannot even be looked up)."""
+    if isinstance(value, list | dict):
+        raise _bad(key, value)
+    return _SIDES.get(value, Side.UNKNOWN)
+
+
 def _timestamp(data: dict[str, Any], *keys: str) -> tuple[int, str]:
     """The first present timestamp among ``keys`` as (µs, original text)."""
     for key in keys:
@@ -207,10 +215,15 @@ def _extra(data: dict[str, Any], known: frozenset[str]) -> dict[str, str]:
     if data.keys() <= known:
         return {}
     return {
-        k: v if isinstance(v, str) else orjson.dumps(v).decode()
-        for k, v in data.items()
-        if k not in known
+        k: v if isinstance(v, str) else _json_text(v) for k, v in data.items() if k not in known
     }
+
+
+def _json_text(value: Any) -> str:
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:  # an int beyond 64 bits: the exact-numbers parse keeps it whole
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def _levels(data: dict[str, Any], key: str) -> tuple[Level, ...]:
@@ -467,7 +480,7 @@ class BitstampDecoder:
                 if entity is not None:
                     break
             side_raw = data.get(_PRIVATE_SIDE[channel]) if _PRIVATE_SIDE[channel] else None
-            side = None if side_raw is None else _SIDES.get(side_raw, Side.UNKNOWN)
+            side = None if side_raw is None else _side_of(_PRIVATE_SIDE[channel], side_raw)
             price = _opt_decimal(data, "price_str") or _opt_decimal(data, "price")
             amount = _opt_decimal(data, "amount_str") or _opt_decimal(data, "amount")
         except ProtocolError as exc:
@@ -494,7 +507,7 @@ class BitstampDecoder:
         self, event: str, channel: str, market: str, data: dict[str, Any], rts: int
     ) -> Trade:
         ts, ts_raw = _timestamp(data, "microtimestamp", "timestamp")
-        side = _SIDES.get(data.get("type"), Side.UNKNOWN)
+        side = _side_of("type", data.get("type"))
         if "type" not in data:
             raise _missing("type")
         return Trade(
@@ -545,7 +558,7 @@ class BitstampDecoder:
             extra=_extra(data, _ORDER_KNOWN),
             event_type=_ORDER_EVENTS[event],
             order_id=_ident(data, "id_str", "id"),
-            side=_SIDES.get(data["order_type"], Side.UNKNOWN),
+            side=_side_of("order_type", data["order_type"]),
             price=_decimal(data, "price_str", "price"),
             amount=_decimal(data, "amount_str", "amount"),
             amount_at_create=_opt_decimal(data, "amount_at_create"),

@@ -33,6 +33,12 @@ def backfill_span(gap_s: float, slack_s: float = 10.0) -> tuple[str, bool]:
     return "day", False
 
 
+def _side(value: Any) -> Side:
+    if isinstance(value, list | dict):  # unhashable: it cannot even be looked up
+        raise ProtocolError("invalid_field", f"REST trade field 'type' is {value!r:.60}")
+    return _SIDES.get(value, Side.UNKNOWN)
+
+
 def _text(entry: dict[str, Any], key: str) -> str:
     value = entry.get(key)
     if isinstance(value, str) and value:
@@ -88,7 +94,7 @@ def trades_from_rest(
                 trade_id=tid,
                 price=_text(entry, "price"),
                 amount=_text(entry, "amount"),
-                side=_SIDES.get(entry.get("type"), Side.UNKNOWN),
+                side=_side(entry.get("type")),
                 backfilled=True,
             )
         )
