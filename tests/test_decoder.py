@@ -376,7 +376,7 @@ def test_private_events_keep_exact_text_and_reject_the_unexpected() -> None:
     assert err.value.reason == "missing_field"
 
 
-# --- the typed fast path for book frames ----------------------------------------------
+# --- the typed fast path for book and live_orders frames ------------------------------
 def _outcome(feed: Any, frame: bytes | str) -> Any:
     try:
         return feed(frame, 1_700_000_001_000_000)
@@ -384,15 +384,24 @@ def _outcome(feed: Any, frame: bytes | str) -> Any:
         return ("ProtocolError", exc.reason, exc.frame == frame)
 
 
-@pytest.mark.parametrize("frame", [F.ORDER_BOOK, F.DETAIL_ORDER_BOOK, F.DIFF_ORDER_BOOK])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        F.ORDER_BOOK,
+        F.DETAIL_ORDER_BOOK,
+        F.DIFF_ORDER_BOOK,
+        F.ORDER_CREATED,
+        F.ORDER_CHANGED_NEW_FORMAT,
+    ],
+)
 @pytest.mark.parametrize("spaced", [False, True])
 @pytest.mark.parametrize("as_text", [False, True])
-def test_documented_book_frames_take_the_typed_fast_path(
+def test_documented_frames_take_the_typed_fast_path(
     frame: dict[str, Any], spaced: bool, as_text: bool
 ) -> None:
     text = json.dumps(frame) if spaced else json.dumps(frame, separators=(",", ":"))
     data: bytes | str = text if as_text else text.encode()
-    fast = BitstampDecoder("c")._fast_book(data, 5)
+    fast = BitstampDecoder("c")._fast(data, 5)
     assert fast is not None  # a regression here only costs speed: this test catches it
     assert [fast] == BitstampDecoder("c")._feed(data, 5)
 
@@ -475,10 +484,78 @@ def test_book_fast_path_is_exact_on_the_simulator_frames() -> None:
     for channel in ("order_book", "detail_order_book", "diff_order_book"):
         for _ in range(20):
             data = orjson.dumps(sim.make_event(channel, "btcusd")).decode()
-            event = fast._fast_book(data, 7)
+            event = fast._fast(data, 7)
             assert event is not None
             assert [event] == general._feed(data, 7)
             assert len(event.bids) == len(json.loads(data)["data"]["bids"])
+
+
+def test_order_fast_path_knows_exactly_the_general_paths_fields() -> None:
+    """A field the fast path does not know goes to ``extra`` on the general path, so the
+    fast path must refuse it: its struct's fields are the general path's known ones."""
+    from connector.bitstamp.decoder import _ORDER_KNOWN, _Order
+
+    assert frozenset(_Order.__struct_fields__) == _ORDER_KNOWN
+
+
+_ORDER_DOC: dict[str, Any] = F.ORDER_CHANGED_NEW_FORMAT["data"]  # type: ignore[assignment]
+# Values that are not the documented ones for some or all fields: the general path decides
+# (a number for text, an empty string, a null, a big int orjson would round, ...).
+_ODD_SCALARS = [None, "", 7, 0.25, True, False, "12", "x", "-5", "1.5e3", "buy", [1], {"a": 1}]
+_ODD_INTS = [2**31, -(2**31), 2**70, 1700000000]  # out of int32, a big int orjson rounds
+_odd_order_value = st.sampled_from([*_ODD_SCALARS, *_ODD_INTS]) | json_values
+
+
+@st.composite
+def _order_frames(draw: st.DrawFn) -> dict[str, Any]:
+    """The documented live_orders frame with a few changes at most: fields changed,
+    dropped or added, another event or channel. Most frames stay valid, so the fast path
+    accepts many and each change is tried against an otherwise good frame."""
+    data = dict(_ORDER_DOC)
+    for key in draw(st.lists(st.sampled_from(sorted(data)), max_size=2)):
+        data[key] = draw(_odd_order_value)
+    for key in draw(st.lists(st.sampled_from(sorted(data)), max_size=1)):
+        data.pop(key, None)
+    if draw(st.integers(0, 5)) == 0:
+        data[draw(st.sampled_from(["extra_field", "nested", "id_str2"]))] = draw(json_values)
+    frame: dict[str, Any] = {
+        "event": draw(
+            st.sampled_from(["order_created", "order_changed", "order_deleted"] * 4 + ["data"])
+        ),
+        "channel": draw(st.sampled_from(["live_orders_btcusd"] * 6 + ["live_orders_"])),
+        "data": data,
+    }
+    if draw(st.integers(0, 7)) == 0:
+        frame["unknown_top"] = draw(json_values)
+    return frame
+
+
+@settings(max_examples=3000, deadline=None)
+@given(_order_frames(), st.booleans(), st.booleans(), st.booleans())
+def test_order_fast_path_equals_the_general_path(
+    frame: dict[str, Any], spaced: bool, channel_first: bool, as_text: bool
+) -> None:
+    """Whatever the order fast path accepts, it decodes exactly as the general path does;
+    the rest goes the general way (same events, same errors, same numbering)."""
+    if channel_first:
+        frame = {"channel": frame["channel"], **frame}
+    text = json.dumps(frame) if spaced else json.dumps(frame, separators=(",", ":"))
+    data: bytes | str = text if as_text else text.encode()
+    fast, general = BitstampDecoder("c"), BitstampDecoder("c")
+    assert _outcome(fast.feed, data) == _outcome(general._feed, data)
+    assert fast.sequence == general.sequence
+
+
+def test_order_fast_path_is_exact_on_the_simulator_frames() -> None:
+    from connector.simulate import Simulator
+
+    sim = Simulator()
+    fast, general = BitstampDecoder("c"), BitstampDecoder("c")
+    for _ in range(200):
+        data = orjson.dumps(sim.make_event("live_orders", "btcusd")).decode()
+        event = fast._fast(data, 7)
+        assert event is not None
+        assert [event] == general._feed(data, 7)
 
 
 def test_an_extra_int_beyond_64_bits_is_kept_whole() -> None:

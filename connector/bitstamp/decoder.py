@@ -9,12 +9,13 @@ Exactness: prices and amounts are taken from Bitstamp's ``*_str`` fields when pr
 When a decimal is only available as a JSON number, the frame is parsed again with the
 standard library keeping every number's original text, so no value is ever rounded.
 
-Order books (a quarter of a busy stream, 100 levels a side) first try a typed fast path:
-msgspec decodes the frame straight into tuples of non-empty strings, validating as it
-parses. It accepts only frames of the exact documented shape; anything else (numbers,
-empty strings, unknown fields, mixed level widths) goes the general way, which names what
-is wrong. For every frame the fast path accepts, the result equals the general path's
-(a property test holds them side by side).
+Order books (a quarter of a busy stream, 100 levels a side) and live orders (half of it)
+first try a typed fast path: msgspec decodes the frame straight into typed fields (levels
+as tuples of non-empty strings), validating as it parses. It accepts only frames of the
+exact documented shape; anything else (numbers where text is documented, empty strings,
+unknown fields, mixed level widths) goes the general way, which names what is wrong. For
+every frame the fast path accepts, the result equals the general path's (property tests
+hold them side by side).
 """
 
 from __future__ import annotations
@@ -281,13 +282,45 @@ class _DetailBookFrame(msgspec.Struct):
     data: _DetailBook
 
 
-_BOOK_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
+_Int32 = Annotated[int, msgspec.Meta(ge=-(2**31), lt=2**31)]
+
+
+class _Order(msgspec.Struct, forbid_unknown_fields=True):
+    """live_orders data as Bitstamp sends it: every decimal as text (``*_str``), ids and
+    event ids as text, the subtype a 32-bit int. Its fields are exactly _ORDER_KNOWN, so
+    a frame with anything else (which the general path keeps in ``extra``) goes there."""
+
+    id_str: _Text
+    order_type: int
+    microtimestamp: _Text
+    amount_str: _Text
+    price_str: _Text
+    # The number twins of id_str, amount_str and price_str: never read while those are.
+    id: Any = None
+    amount: Any = None
+    price: Any = None
+    datetime: str | None = None
+    amount_traded: _Text | None = None
+    amount_at_create: _Text | None = None
+    order_subtype: _Int32 | None = None
+    is_liquidation: bool | None = None
+    event_id: _Text | None = None
+    pre_event_id: _Text | None = None
+    order_source: str | None = None
+
+
+class _OrderFrame(msgspec.Struct):
+    event: str
+    channel: str
+    data: _Order
+
+
+_FAST_DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     "order_book": msgspec.json.Decoder(_BookFrame),
     "diff_order_book": msgspec.json.Decoder(_BookFrame),
     "detail_order_book": msgspec.json.Decoder(_DetailBookFrame),
+    "live_orders": msgspec.json.Decoder(_OrderFrame),
 }
-_BIDS_KEY = '"bids"'
-_BIDS_KEY_BYTES = b'"bids"'
 # The channel's name, found from the end of the frame (Bitstamp puts it after the data).
 _CHANNEL_KEY = '"channel"'
 _CHANNEL_KEY_BYTES = b'"channel"'
@@ -320,11 +353,9 @@ class BitstampDecoder:
         return HEARTBEAT_FRAME
 
     def feed(self, frame: bytes | str, receive_ts_us: int) -> list[Message]:
-        # Most frames are not books: one quick scan, then the general way.
-        if (_BIDS_KEY if type(frame) is str else _BIDS_KEY_BYTES) in frame:  # type: ignore[operator]
-            fast = self._fast_book(frame, receive_ts_us)
-            if fast is not None:
-                return [fast]
+        fast = self._fast(frame, receive_ts_us)
+        if fast is not None:
+            return [fast]
         return self._feed(frame, receive_ts_us)
 
     def _where(self, name: str) -> tuple[str, str] | None:
@@ -339,9 +370,9 @@ class BitstampDecoder:
                 self._channels[name] = where
         return where
 
-    def _fast_book(self, frame: bytes | str, rts: int) -> BookSnapshot | None:
-        """The book event if ``frame`` is a book frame of the exact documented shape;
-        None sends it the general way (which also reports what is wrong with it)."""
+    def _fast(self, frame: bytes | str, rts: int) -> BookSnapshot | OrderEvent | None:
+        """The event if ``frame`` is a book or live_orders frame of the exact documented
+        shape; None sends it the general way (which also reports what is wrong with it)."""
         if isinstance(frame, str):
             at = _CHANNEL_AT.match(frame, max(frame.rfind(_CHANNEL_KEY), 0))
             if at is None:
@@ -356,7 +387,7 @@ class BitstampDecoder:
         if where is None:
             return None
         channel, market = where
-        decoder = _BOOK_DECODERS.get(channel)
+        decoder = _FAST_DECODERS.get(channel)
         if decoder is None:
             return None
         try:
@@ -364,12 +395,43 @@ class BitstampDecoder:
         except msgspec.DecodeError:  # ValidationError included
             return None
         # The name found must be the frame's own channel (not text inside another field).
-        if msg.event != "data" or msg.channel != name:
+        if msg.channel != name:
             return None
         data = msg.data
         try:
             ts = parse_epoch_us(data.microtimestamp)
         except (ValueError, TypeError):
+            return None
+        if channel == "live_orders":
+            event_type = _ORDER_EVENTS.get(msg.event)
+            if event_type is None:
+                return None
+            self.sequence += 1
+            return OrderEvent(
+                exchange=EXCHANGE,
+                market=market,
+                channel=channel,
+                exchange_ts_us=ts,
+                exchange_ts_raw=data.microtimestamp,
+                receive_ts_us=rts,
+                connection_id=self.connection_id,
+                sequence=self.sequence,
+                extra={},
+                event_type=event_type,
+                order_id=data.id_str,
+                side=_SIDES.get(data.order_type, Side.UNKNOWN),
+                price=data.price_str,
+                amount=data.amount_str,
+                amount_at_create=data.amount_at_create,
+                amount_traded=data.amount_traded,
+                order_subtype=data.order_subtype,
+                is_liquidation=data.is_liquidation,
+                datetime_raw=data.datetime,
+                event_id=data.event_id,
+                pre_event_id=data.pre_event_id,
+                order_source=data.order_source,
+            )
+        if msg.event != "data":
             return None
         self.sequence += 1
         return (BookDelta if channel == "diff_order_book" else BookSnapshot)(
