@@ -130,18 +130,7 @@ def test_book_with_many_levels_uses_the_same_bytes() -> None:
     odd_ids = tuple((p, a, "9" * 70) for p, a in odd)
     cases = ((levels, levels), (ids, ids), (levels, ()), (odd, levels), (ids, odd_ids))
     for bids, asks in cases:
-        event = BookSnapshot(
-            exchange="bitstamp",
-            market="btcusd",
-            channel="order_book",
-            exchange_ts_us=1,
-            exchange_ts_raw="1",
-            receive_ts_us=2,
-            connection_id="c",
-            sequence=3,
-            bids=bids,
-            asks=asks,
-        )
+        event = _book(bids, asks)
         assert WRITERS[event.SCHEMA](event) == fastavro_bytes(event)
 
 
@@ -228,7 +217,7 @@ def test_wrong_types_raise_instead_of_writing_garbage(field: str, value: object)
         encoder.encode(Trade(**{**fields, field: value}))
 
 
-def _book(bids: Any) -> BookSnapshot:
+def _book(bids: Any, asks: Any = (("2", "1"),)) -> BookSnapshot:
     return BookSnapshot(
         exchange="bitstamp",
         market="btcusd",
@@ -239,7 +228,7 @@ def _book(bids: Any) -> BookSnapshot:
         connection_id="c",
         sequence=3,
         bids=bids,
-        asks=(("2", "1"),),
+        asks=asks,
     )
 
 

@@ -384,6 +384,18 @@ def _outcome(feed: Any, frame: bytes | str) -> Any:
         return ("ProtocolError", exc.reason, exc.frame == frame)
 
 
+def _assert_fast_path_equals_general(
+    frame: dict[str, Any], spaced: bool, channel_first: bool, as_text: bool
+) -> None:
+    if channel_first:
+        frame = {"channel": frame["channel"], **frame}
+    text = json.dumps(frame) if spaced else json.dumps(frame, separators=(",", ":"))
+    data: bytes | str = text if as_text else text.encode()
+    fast, general = BitstampDecoder("c"), BitstampDecoder("c")
+    assert _outcome(fast.feed, data) == _outcome(general._feed, data)
+    assert fast.sequence == general.sequence
+
+
 @pytest.mark.parametrize(
     "frame",
     [
@@ -467,13 +479,7 @@ def test_book_fast_path_equals_the_general_path(
 ) -> None:
     """Whatever the fast path accepts, it decodes exactly as the general path does; the
     rest goes the general way (same events, same errors, same numbering)."""
-    if channel_first:
-        frame = {"channel": frame["channel"], **frame}
-    text = json.dumps(frame) if spaced else json.dumps(frame, separators=(",", ":"))
-    data: bytes | str = text if as_text else text.encode()
-    fast, general = BitstampDecoder("c"), BitstampDecoder("c")
-    assert _outcome(fast.feed, data) == _outcome(general._feed, data)
-    assert fast.sequence == general.sequence
+    _assert_fast_path_equals_general(frame, spaced, channel_first, as_text)
 
 
 def test_book_fast_path_is_exact_on_the_simulator_frames() -> None:
@@ -537,13 +543,7 @@ def test_order_fast_path_equals_the_general_path(
 ) -> None:
     """Whatever the order fast path accepts, it decodes exactly as the general path does;
     the rest goes the general way (same events, same errors, same numbering)."""
-    if channel_first:
-        frame = {"channel": frame["channel"], **frame}
-    text = json.dumps(frame) if spaced else json.dumps(frame, separators=(",", ":"))
-    data: bytes | str = text if as_text else text.encode()
-    fast, general = BitstampDecoder("c"), BitstampDecoder("c")
-    assert _outcome(fast.feed, data) == _outcome(general._feed, data)
-    assert fast.sequence == general.sequence
+    _assert_fast_path_equals_general(frame, spaced, channel_first, as_text)
 
 
 def test_order_fast_path_is_exact_on_the_simulator_frames() -> None:
