@@ -8,10 +8,10 @@ messages, messages per second per core, receive→ack latency percentiles from t
 connector's own histogram, RSS, and whether it kept up. Then low rates again with the
 consumer paused during each measured window (it reads the window's records right after,
 so none goes uncounted): on two shared cores a live consumer's fetches load the broker
-and lengthen its acks, which a deployment's separate broker would not. The same steps
-again with the write-ahead spool on (every record written to disk before it is sent: the
-cost of crash safety). Then a memory scenario: 250 markets x 6 channels at a quiet rate,
-steady-state RSS. Results: bench/results.json.
+and lengthen its acks, which a deployment's separate broker would not. Rate steps with
+the librdkafka producer. The same steps again with the write-ahead spool on (every record
+written to disk before it is sent: the cost of crash safety). Then a memory scenario: 250
+markets x 6 channels at a quiet rate, steady-state RSS. Results: bench/results.json.
 """
 
 from __future__ import annotations
@@ -753,6 +753,12 @@ async def main() -> int:
         help="seconds measured per latency step (a p99 over more samples: one stall of "
         "the shared machine weighs less)",
     )
+    p.add_argument(
+        "--librdkafka-rates",
+        default="10000,17500,20000",
+        help="rate steps again with CONNECTOR_KAFKA_CLIENT=librdkafka (skipped when "
+        "confluent-kafka is not installed; empty: skip it)",
+    )
     p.add_argument("--workers", type=int, default=2, help="worker processes of that scenario")
     p.add_argument(
         "--workers-rates",
@@ -781,6 +787,11 @@ async def main() -> int:
     args.rates = [float(r) for r in args.rates.split(",") if r]
     args.wal_rates = [float(r) for r in args.wal_rates.split(",") if r]
     args.latency_rates = [float(r) for r in args.latency_rates.split(",") if r]
+    args.librdkafka_rates = [
+        float(r)
+        for r in args.librdkafka_rates.split(",")
+        if r and importlib.util.find_spec("confluent_kafka")
+    ]
     args.reference_rates = [float(r) for r in args.reference_rates.split(",") if r]
     args.workers_rates = [float(r) for r in args.workers_rates.split(",") if r]
     args.reference_consumer_rates = [
@@ -825,6 +836,20 @@ async def main() -> int:
                 {"CONNECTOR_TOPIC_TEMPLATE": "benchlat.{exchange}.{channel}.{market}"},
                 "connector-latency.log",
                 count_after=True,
+            )
+        rdkafka: list[Step] = []
+        if args.librdkafka_rates:
+            print("librdkafka producer (CONNECTOR_KAFKA_CLIENT=librdkafka):", flush=True)
+            rdkafka = await throughput(
+                args,
+                bootstrap,
+                broker is not None,
+                args.librdkafka_rates,
+                {
+                    "CONNECTOR_KAFKA_CLIENT": "librdkafka",
+                    "CONNECTOR_TOPIC_TEMPLATE": "benchrd.{exchange}.{channel}.{market}",
+                },
+                "connector-librdkafka.log",
             )
         wal: list[Step] = []
         if args.wal_rates:
@@ -880,6 +905,7 @@ async def main() -> int:
         "settings": args.env,
         "steps": [asdict(s) for s in steps],
         "latency_steps": [asdict(s) for s in quiet],
+        "librdkafka_steps": [asdict(s) for s in rdkafka],
         "write_ahead_steps": [asdict(s) for s in wal],
         "workers": args.workers,
         "worker_steps": [asdict(s) for s in sharded],
@@ -894,6 +920,9 @@ async def main() -> int:
     if quiet:
         print("\nthe consumer paused in each window, reading its records after it:")
         print(table(quiet))
+    if rdkafka:
+        print("\nwith the librdkafka producer:")
+        print(table(rdkafka))
     if wal:
         print("\nwith the write-ahead spool:")
         print(table(wal))
