@@ -163,7 +163,7 @@ def _array(schema: dict[str, Any], named: dict[str, Any]) -> Writer:
             text = fast(values)
         except (TypeError, ValueError, IndexError):  # not strings, bad shapes, 64+ characters
             return generic(values)
-        if not text.isascii():  # a non-ASCII string, or one of 64 or more characters
+        if not text.isascii():  # non-ASCII text: its UTF-8 length is not its length
             return generic(values)
         return _count(len(values)) + text.encode() + _NULL
 

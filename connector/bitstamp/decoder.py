@@ -252,7 +252,7 @@ def _levels(data: dict[str, Any], key: str) -> tuple[Level, ...]:
 
 _WIDTHS = frozenset({2, 3})
 
-# --- the typed fast path for book frames ------------------------------------------------
+# --- the typed fast path for book and live_orders frames --------------------------------
 _Text = Annotated[str, msgspec.Meta(min_length=1)]
 
 
