@@ -3,7 +3,8 @@
 Design (after aiokafka's accumulator/sender split):
 - ``send`` takes one of ``max_in_flight`` slots (backpressure: the caller waits when
   Kafka is slow) and hands the record to aiokafka without awaiting the ack, so many
-  records are in flight and batched.
+  records are in flight and batched. Records join their partition's open batch through
+  aiokafka's batch interface; one future per batch settles its records (``AioProducer``).
 - An ack (acks=all) frees the slot. A retriable failure (timeout, no leader, unknown
   topic, connection loss) switches the sink to *retry mode*: new records queue behind the
   failed ones, in-flight records settle, then everything is resent in original order
@@ -47,8 +48,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, UnknownTopicOrPartitionError
 from aiokafka.partitioner import murmur2
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from connector.errors import ConfigError, DeliveryError
 from connector.kafka_security import client_options
@@ -138,15 +140,43 @@ def use_compression_level(codec: str, level: int | None) -> None:
 Delivery = Callable[[BaseException | None], None]
 
 
+class _OpenBatch:
+    """A batch of one partition while records may still join it: aiokafka's builder
+    (handed to the producer at its first record, as aiokafka's own ``send`` does) and
+    the outcome callbacks of the records in it, in order."""
+
+    __slots__ = ("builder", "callbacks")
+
+    def __init__(self, builder: Any) -> None:
+        self.builder = builder
+        self.callbacks: list[Delivery] = []
+
+
 class AioProducer:
     """aiokafka behind the sink's producer surface (``start``, ``produce``, ``stop``),
     which librdkafka's (``connector.rdkafka``) shares: ``produce`` hands a record over and
-    ``on_done`` later gets its outcome."""
+    ``on_done`` later gets its outcome.
 
-    __slots__ = ("client",)
+    Records go through aiokafka's batch interface (``create_batch``/``send_batch``), not
+    ``send``: ``send`` costs a metadata lookup, three partition sets, a future and a loop
+    callback per record (about a sixth of the connector's CPU at 20 000 records/s). Here
+    a record is appended to its partition's open batch (aiokafka's builder, left open as
+    its documentation allows, so it still lingers ``linger_ms`` and fills up to
+    ``max_batch_size``), and the batch's one future settles all its records, in order.
+    Partition choice, the size bound and the per-partition order are aiokafka's: the same
+    partitioner, the same ``max_request_size`` check, one batch per partition at a time
+    in its accumulator (a full one waits for the previous to be drained)."""
 
-    def __init__(self, client: AIOKafkaProducer) -> None:
+    __slots__ = ("_by_key", "_by_partition", "_max_request_size", "_partitioner", "client")
+
+    def __init__(
+        self, client: AIOKafkaProducer, partitioner: KeyPartitioner, max_request_size: int
+    ) -> None:
         self.client = client
+        self._partitioner = partitioner
+        self._max_request_size = max_request_size
+        self._by_key: dict[tuple[str, bytes], _OpenBatch] = {}  # the batch a key used last
+        self._by_partition: dict[tuple[str, int], _OpenBatch] = {}
 
     async def start(self) -> None:
         await self.client.start()
@@ -157,12 +187,92 @@ class AioProducer:
     async def produce(
         self, topic: str, value: bytes, key: bytes, headers: Headers, on_done: Delivery
     ) -> None:
-        fut = await self.client.send(topic, value, key=key, headers=headers)
-        fut.add_done_callback(partial(_report, on_done))
+        batch = self._by_key.get((topic, key))
+        if (
+            batch is not None
+            and batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+            is not None
+        ):
+            batch.callbacks.append(on_done)
+            return
+        await self._produce_new(topic, value, key, headers, on_done)
+
+    async def _produce_new(
+        self, topic: str, value: bytes, key: bytes, headers: Headers, on_done: Delivery
+    ) -> None:
+        """The key's batch is closed (drained, full, failed) or it has none: look its
+        partition up again (the metadata may have changed), then join that partition's
+        open batch or start one."""
+        partitions = list(await self.client.partitions_for(topic))
+        tp = (topic, self._partitioner(key, partitions, partitions))
+        batch = self._by_partition.get(tp)
+        if (
+            batch is not None
+            and batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+            is not None
+        ):
+            batch.callbacks.append(on_done)
+            self._by_key[topic, key] = batch
+            return
+        size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
+        if size > self._max_request_size:
+            raise MessageSizeTooLargeError(
+                f"the record is {size} bytes, over max_request_size "
+                f"({self._max_request_size}, from CONNECTOR_KAFKA_MAX_BATCH_BYTES and "
+                "CONNECTOR_WS_MAX_SIZE_BYTES)"
+            )
+        batch = _OpenBatch(self.client.create_batch())
+        # A fresh builder takes its first record whatever its size.
+        batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+        batch.callbacks.append(on_done)
+        # Records arriving while send_batch waits (a full batch of this partition not yet
+        # drained) join this one, behind this record.
+        self._by_partition[tp] = self._by_key[topic, key] = batch
+        try:
+            fut = await self.client.send_batch(batch.builder, topic, partition=tp[1])
+        except BaseException as exc:
+            batch.builder.close()
+            if self._by_partition.get(tp) is batch:
+                del self._by_partition[tp]
+            # This record's failure is raised; those that joined it meanwhile get theirs
+            # through the loop, as a delivery report (never inside their own produce).
+            others = batch.callbacks[1:]
+            batch.callbacks.clear()
+            if others:
+                failure = exc if isinstance(exc, Exception) else asyncio.CancelledError()
+                asyncio.get_running_loop().call_soon(_settle_all, others, failure)
+            raise
+        fut.add_done_callback(partial(_settle, batch))
 
 
-def _report(on_done: Delivery, fut: asyncio.Future[Any]) -> None:
-    on_done(asyncio.CancelledError() if fut.cancelled() else fut.exception())
+class _Settled:
+    """Stands for the builder of a batch that has its outcome: takes no record."""
+
+    @staticmethod
+    def append(**_: Any) -> None:
+        return None
+
+    @staticmethod
+    def close() -> None:
+        return None
+
+
+_SETTLED = _Settled()
+
+
+def _settle(batch: _OpenBatch, fut: asyncio.Future[Any]) -> None:
+    # No record may join a batch that has an outcome (one that failed before the sender
+    # built it would still take records), and the batch keeps neither its buffer nor its
+    # records (the maps still point to it until the next record of its key).
+    batch.builder.close()
+    batch.builder = _SETTLED
+    callbacks, batch.callbacks = batch.callbacks, []
+    _settle_all(callbacks, asyncio.CancelledError() if fut.cancelled() else fut.exception())
+
+
+def _settle_all(callbacks: list[Delivery], exc: BaseException | None) -> None:
+    for on_done in callbacks:
+        on_done(exc)
 
 
 @dataclass(slots=True, order=True)
@@ -208,6 +318,8 @@ class KafkaSink:
                 ) from exc
         else:
             use_compression_level(settings.kafka_compression, settings.compression_level)
+            partitioner = KeyPartitioner()
+            max_request_size = max(settings.kafka_max_batch_bytes, settings.ws_max_size_bytes)
             client = AIOKafkaProducer(
                 bootstrap_servers=bootstrap_servers,
                 client_id=settings.kafka_client_id,
@@ -218,12 +330,12 @@ class KafkaSink:
                 else settings.kafka_compression,
                 linger_ms=settings.kafka_linger_ms,
                 max_batch_size=settings.kafka_max_batch_bytes,
-                max_request_size=max(settings.kafka_max_batch_bytes, settings.ws_max_size_bytes),
+                max_request_size=max_request_size,
                 request_timeout_ms=settings.kafka_request_timeout_ms,
-                partitioner=KeyPartitioner(),
+                partitioner=partitioner,
                 **client_options(settings),
             )
-            self._producer = AioProducer(client)
+            self._producer = AioProducer(client, partitioner, max_request_size)
         self._slots = asyncio.Semaphore(settings.kafka_max_in_flight)
         self._pending = 0  # accepted, final outcome not yet known
         self._submitted = 0  # handed to the producer, outcome not yet reported

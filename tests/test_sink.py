@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -18,6 +19,7 @@ from connector.metrics import Metrics
 from connector.rdkafka import rdkafka_config
 from connector.settings import load_settings
 from connector.sink import (
+    AioProducer,
     KafkaSink,
     KeyPartitioner,
     batch_builder_modules,
@@ -80,6 +82,75 @@ async def test_many_records_in_flight_all_acked_in_order(
     assert route.published == 5000
     values = await consume(broker.bootstrap, topic, 5000)
     assert values == [b"%06d" % i for i in range(5000)]
+
+
+async def test_aiokafka_batches_settle_each_record_once_and_a_failed_handover_fails_its_joiners(
+    broker: Broker, topic_prefix: str
+) -> None:
+    """The aiokafka producer appends records to their partition's open batch and settles
+    them from the batch's one outcome. Every record gets exactly one outcome, in order;
+    records that joined a batch whose hand-over to aiokafka failed get that failure (none
+    is left without an outcome), and the next record starts a new batch."""
+    from aiokafka.errors import KafkaTimeoutError
+
+    topic = f"{topic_prefix}.batches"
+    await ensure_topics(broker.bootstrap, [topic], 3, 1)
+    sink = KafkaSink(_settings(broker.env()), broker.bootstrap, Metrics())
+    await sink.start()
+    producer = sink._producer
+    assert isinstance(producer, AioProducer)
+    outcomes: dict[bytes, list[BaseException | None]] = {}
+    order: list[bytes] = []
+
+    def on_done(value: bytes, exc: BaseException | None) -> None:
+        outcomes.setdefault(value, []).append(exc)
+        order.append(value)
+
+    async def produce(key: bytes, value: bytes) -> None:
+        await producer.produce(topic, value, key, [], partial(on_done, value))
+
+    try:
+        keys = [b"btcusd", b"ethusd", b"xrpusd", b"solusd"]
+        for i in range(2000):  # many records per batch, interleaved keys
+            await produce(keys[i % 4], b"%04d" % i)
+        async with asyncio.timeout(30):
+            while len(order) < 2000:
+                await asyncio.sleep(0.01)
+        assert all(v == [None] for v in outcomes.values()) and len(outcomes) == 2000
+        for key in keys:  # each key's records settle in the order they were produced
+            mine = [v for v in order if int(v) % 4 == keys.index(key)]
+            assert mine == sorted(mine)
+
+        # A hand-over that fails after records joined the batch while it waited.
+        client = producer.client
+        real = client.send_batch
+        release = asyncio.Event()
+
+        async def failing(batch: object, t: str, **kw: object) -> object:
+            await release.wait()
+            raise KafkaTimeoutError()
+
+        await asyncio.sleep(0.1)  # the earlier batches are drained: the next one is new
+        client.send_batch = failing
+        first = asyncio.create_task(produce(b"btcusd", b"first"))
+        await asyncio.sleep(0)  # it now waits in send_batch, its batch open
+        for v in (b"j1", b"j2", b"j3"):
+            await produce(b"btcusd", v)  # join it
+        release.set()
+        with pytest.raises(KafkaTimeoutError):
+            await first
+        assert b"first" not in outcomes  # its failure was raised, not reported
+        await asyncio.sleep(0.05)
+        for v in (b"j1", b"j2", b"j3"):
+            assert len(outcomes[v]) == 1 and isinstance(outcomes[v][0], KafkaTimeoutError)
+        client.send_batch = real
+        await produce(b"btcusd", b"after")
+        async with asyncio.timeout(10):
+            while b"after" not in outcomes:
+                await asyncio.sleep(0.01)
+        assert outcomes[b"after"] == [None]
+    finally:
+        await sink.close()
 
 
 async def test_permanent_rejection_is_counted_not_silent(
@@ -335,17 +406,17 @@ async def test_a_topic_that_disappeared_is_recreated_and_records_resent_in_order
     try:
         await admin.delete_topics([topic])
         client = sink._producer.client  # type: ignore[union-attr]  # aiokafka's
-        real_send = client.send
+        real_send = client.send_batch
         refusals = 5
 
-        async def send(t: str, *args: object, **kw: object) -> object:
+        async def send_batch(batch: object, t: str, **kw: object) -> object:
             nonlocal refusals
             if t == topic and refusals:
                 refusals -= 1
                 raise UnknownTopicOrPartitionError()
-            return await real_send(t, *args, **kw)
+            return await real_send(batch, t, **kw)
 
-        client.send = send
+        client.send_batch = send_batch
         for i in range(100, 200):
             await sink.send(topic, b"k", b"%04d" % i, [], route, 0.0)
         assert await sink.flush(30), f"{sink.pending} pending"
