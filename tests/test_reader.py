@@ -1,0 +1,109 @@
+"""A connection's reader shares the event loop: a burst of buffered frames must not hold
+it (the producer's acks and linger timers, heartbeats and other connections run on it)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+import pytest
+
+from connector import supervisor
+from connector.events import MarketEvent
+from connector.exchange import adapter_for
+from connector.metrics import Metrics
+from connector.recent import RecentTrades
+from connector.settings import load_settings
+from connector.supervisor import Connection, _Link, _Reconnect
+from tests.frames import ORDER_BOOK
+
+
+class _Burst:
+    """A WebSocket whose frames are all buffered already: iterating never suspends, as
+    websockets' ``recv`` does not while messages are queued."""
+
+    close_code = 1000
+    close_reason = ""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self._frames = frames
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for frame in self._frames:
+            yield frame
+
+
+class _Publisher:
+    """Stands for the pipeline: each event costs ``cost_s`` of CPU, and records how many
+    times the loop ran something else before it."""
+
+    def __init__(self, loop_turns: list[int], cost_s: float) -> None:
+        self.turns_seen: list[int] = []
+        self._loop_turns = loop_turns
+        self._cost_s = cost_s
+
+    async def publish(self, event: MarketEvent, receive_ts: float) -> None:
+        self.turns_seen.append(self._loop_turns[0])
+        end = time.perf_counter() + self._cost_s
+        while time.perf_counter() < end:
+            pass
+
+    async def dead_letter(self, *args: Any) -> None:
+        raise AssertionError("no frame here is invalid")
+
+
+async def test_a_burst_of_buffered_frames_lets_the_loop_run_between_slices() -> None:
+    settings = load_settings(markets=["btcusd"], channels=["order_book"])
+    adapter = adapter_for("bitstamp", settings)
+    turns = [0]
+    publisher = _Publisher(turns, cost_s=0.0002)
+    metrics = Metrics()
+    conn = Connection(
+        0,
+        [("order_book", "btcusd")],
+        adapter,
+        settings,
+        publisher,  # type: ignore[arg-type]
+        metrics,
+        adapter.new_gaps(publisher, RecentTrades(), metrics),  # type: ignore[arg-type]
+    )
+    frames = []
+    for i in range(100):  # 100 frames x 0.2 ms: a 20 ms burst
+        frame = orjson.loads(orjson.dumps(ORDER_BOOK))
+        frame["data"]["microtimestamp"] = str(1_700_000_000_100_000 + i)
+        frames.append(orjson.dumps(frame))
+    link = _Link(_Burst(frames), adapter.new_protocol("c"), "c", time.monotonic())  # type: ignore[arg-type]
+
+    async def other_work() -> None:
+        while True:
+            await asyncio.sleep(0)
+            turns[0] += 1
+
+    other = asyncio.create_task(other_work())
+    await asyncio.sleep(0)
+    try:
+        with pytest.raises(_Reconnect):  # the burst read, the socket "closed"
+            await conn._read(link)
+    finally:
+        other.cancel()
+    seen = publisher.turns_seen
+    assert len(seen) == 100
+    # The loop ran other work during the burst, about once a slice (20 ms / 1 ms) ...
+    assert seen[-1] - seen[0] >= 20 * 0.001 / supervisor.READ_SLICE_S / 2
+    # ... and the reader never held it for long: no run of events without a turn longer
+    # than a slice's worth (plus the event that crosses the slice's end).
+    longest = max(sum(1 for _ in run) for run in _runs(seen))
+    assert longest <= supervisor.READ_SLICE_S / 0.0002 + 2
+
+
+def _runs(values: list[int]) -> list[list[int]]:
+    out: list[list[int]] = [[values[0]]]
+    for v in values[1:]:
+        if v == out[-1][-1]:
+            out[-1].append(v)
+        else:
+            out.append([v])
+    return out
