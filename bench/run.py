@@ -742,14 +742,14 @@ async def main() -> int:
     )
     p.add_argument(
         "--latency-rates",
-        default="2000,5000",
+        default="5000",
         help="rate steps measured with the counting consumer paused in the window, which "
         "then reads the window's records (empty: skip it)",
     )
     p.add_argument(
         "--latency-duration",
         type=float,
-        default=30,
+        default=60,
         help="seconds measured per latency step (a p99 over more samples: one stall of "
         "the shared machine weighs less)",
     )
