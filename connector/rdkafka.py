@@ -9,9 +9,10 @@ aiokafka's ``UnknownTopicOrPartitionError`` (topic recreation).
 Why: a produce call costs about 3 µs here against about 14 µs for aiokafka's ``send``
 (shared/perf-notes.md), and librdkafka batches, compresses and talks to the brokers on its
 own threads. (The sink's aiokafka path no longer calls ``send`` per record: it appends to
-batches, ~5 µs a record, and in the benchmark now costs less CPU in all than this one.) Ordering: with idempotence librdkafka keeps per-partition order with up to 5
-requests in flight; without it (the embedded broker) one request in flight per broker
-keeps it.
+batches, ~5 µs a record, and in the benchmark now costs less CPU in all than this one.)
+
+Ordering: with idempotence librdkafka keeps per-partition order with up to 5 requests in
+flight; without it (the embedded broker) one request in flight per broker keeps it.
 """
 
 from __future__ import annotations
