@@ -1,5 +1,5 @@
 """The reference beside the connector: a bare aiokafka producer, configured as the
-connector's (acks=all, lz4 at the connector's default level, linger 5 ms, the same batch
+connector's (acks=all, lz4 at the connector's default level, its default linger, the same batch
 size), sending the connector's own records (the simulator's events of the benchmark mix,
 decoded and Avro-encoded once, before the clock starts) at a fixed rate to the same
 topics, on the same core and broker. There is no WebSocket, no decoding, no encoding and
@@ -37,7 +37,7 @@ from connector.avro import (  # noqa: E402
 )
 from connector.bitstamp.decoder import BitstampDecoder  # noqa: E402
 from connector.events import MarketEvent  # noqa: E402
-from connector.settings import COMPRESSION_LEVELS  # noqa: E402
+from connector.settings import COMPRESSION_LEVELS, Settings  # noqa: E402
 from connector.simulate import Simulator  # noqa: E402
 from connector.sink import use_compression_level  # noqa: E402
 from connector.topics import ensure_topics  # noqa: E402
@@ -48,6 +48,7 @@ from run import percentile  # noqa: E402
 TICK_S = 0.001
 # The connector's default kafka_compression_level for lz4.
 LZ4_LEVEL = COMPRESSION_LEVELS["lz4"][2]
+LINGER_MS: int = Settings.model_fields["kafka_linger_ms"].default
 Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
 
 
@@ -100,7 +101,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         acks="all",
         enable_idempotence=args.idempotence,
         compression_type="lz4",
-        linger_ms=5,
+        linger_ms=LINGER_MS,
         max_batch_size=256 * 1024,
         max_request_size=max(256 * 1024, 16 << 20),
     )
@@ -186,7 +187,7 @@ async def run_rdkafka(args: argparse.Namespace, pool: list[Record]) -> dict[str,
             "acks": "all",
             "enable.idempotence": args.idempotence,
             "max.in.flight.requests.per.connection": 5 if args.idempotence else 1,
-            "linger.ms": 5,
+            "linger.ms": LINGER_MS,
             "batch.size": 256 * 1024,
             "compression.type": "lz4",
             "compression.level": LZ4_LEVEL,
