@@ -41,6 +41,14 @@ sys.path.insert(0, str(ROOT))
 from connector.embedded import EmbeddedBroker, free_port  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The connector's counters of events that did not reach Kafka: each must stay at 0.
+LOSS_COUNTERS = (
+    "connector_events_failed_total",
+    "connector_events_undelivered_total",
+    "connector_events_dead_lettered_total",
+    "connector_frames_invalid_total",
+    "connector_spool_dropped_records_total",
+)
 # The broker floats: pinned next to the simulator it starves and its acks dominate latency.
 BROKER_CORES = {int(c) for c in os.environ.get("BENCH_BROKER_CORES", "0,1").split(",")}
 # Relative per-subscription rates after Bitstamp's observed rates (shared/bitstamp-v2.md):
@@ -128,6 +136,8 @@ async def scrape(client: httpx.AsyncClient, port: int, workers: int = 1) -> dict
     buckets: dict[float, float] = {}
     produce: dict[float, float] = {}
     published = 0.0
+    lost: dict[str, float] = {}
+    dropped: dict[str, float] = {}  # by reason
     for line in text.splitlines():
         for prefix, into in (
             ("connector_receive_to_ack_seconds_bucket{", buckets),
@@ -139,7 +149,20 @@ async def scrape(client: httpx.AsyncClient, port: int, workers: int = 1) -> dict
                 into[bound] = into.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
         if line.startswith("connector_events_published_total{"):
             published += float(line.rsplit(" ", 1)[1])
-    return {"buckets": buckets, "produce": produce, "published": published}
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in LOSS_COUNTERS:
+            lost[name] = lost.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        elif name == "connector_events_dropped_total":  # on purpose; spool_full is a loss
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            into = lost if reason == "spool_full" else dropped
+            into[reason] = into.get(reason, 0.0) + float(line.rsplit(" ", 1)[1])
+    return {
+        "buckets": buckets,
+        "produce": produce,
+        "published": published,
+        "lost": lost,
+        "dropped": dropped,
+    }
 
 
 def percentile(before: dict[float, float], after: dict[float, float], q: float) -> float | None:
@@ -466,10 +489,48 @@ async def throughput(
                     and not steps[-2].kept_up
                 ):
                     break
+            args.totals[log_name] = await loss_check(client, sim_port, http_port, workers, counter)
         finally:
             await counter.stop()
             stop_all(conn, sim)
     return steps
+
+
+async def loss_check(
+    client: httpx.AsyncClient, sim_port: int, http_port: int, workers: int, counter: Counter
+) -> dict[str, Any]:
+    """No loss, end to end: the simulator stops offering, the connector drains, and then
+    every record it acknowledged must be read back from Kafka, with its loss counters at 0.
+    The frames the simulator sent in the whole scenario (warm-ups included) are the
+    records read, less what the connector dropped on purpose (a diff older than the
+    snapshot that resynced its book, a trade already published), plus what it published
+    from REST (snapshots, backfilled trades)."""
+    await client.get(f"http://127.0.0.1:{sim_port}/_sim/rate", params={"value": 0})
+    await asyncio.sleep(2.0)  # its last tick, and the connector's last acks
+    sent = await sim_sent(client, sim_port)
+    m = await scrape(client, http_port, workers)
+    counter.resume()
+    await counter.caught_up(m["published"], within_s=60)
+    await asyncio.sleep(2.0)  # anything beyond (duplicates) is read too
+    totals = {
+        "frames_sent": sent,
+        "published": int(m["published"]),
+        "read": counter.n,
+        "unread": max(0, int(m["published"]) - counter.n),
+        "dropped_on_purpose": {k: int(v) for k, v in m["dropped"].items() if v},
+        "loss_counters": {k: int(v) for k, v in m["lost"].items() if v},
+    }
+    # Positive: records from REST (one snapshot per resynced book, backfilled trades);
+    # negative: frames sent that are nowhere.
+    totals["from_rest"] = totals["published"] - (sent - sum(totals["dropped_on_purpose"].values()))
+    print(
+        f"  end to end: {sent} frames sent, {totals['published']} records acknowledged, "
+        f"{counter.n} read back ({totals['unread']} unread), dropped on purpose "
+        f"{totals['dropped_on_purpose'] or 0}, from REST {totals['from_rest']}, "
+        f"loss counters {totals['loss_counters'] or 0}",
+        flush=True,
+    )
+    return totals
 
 
 async def reference(
@@ -804,6 +865,7 @@ async def main() -> int:
     ]
     args.env = dict(item.split("=", 1) for item in args.set)
     args.profiles = {}
+    args.totals = {}
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
@@ -912,6 +974,7 @@ async def main() -> int:
         "memory": mem,
         "reference": ref,
         "profiles": args.profiles,
+        "end_to_end": args.totals,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     if steps:
