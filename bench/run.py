@@ -138,24 +138,27 @@ async def scrape(client: httpx.AsyncClient, port: int, workers: int = 1) -> dict
     published = 0.0
     lost: dict[str, float] = {}
     dropped: dict[str, float] = {}  # by reason
+    histograms = {
+        "connector_receive_to_ack_seconds_bucket": buckets,
+        "connector_kafka_produce_seconds_bucket": produce,
+    }
     for line in text.splitlines():
-        for prefix, into in (
-            ("connector_receive_to_ack_seconds_bucket{", buckets),
-            ("connector_kafka_produce_seconds_bucket{", produce),
-        ):
-            if line.startswith(prefix):
-                le = line.split('le="', 1)[1].split('"', 1)[0]
-                bound = float("inf") if le == "+Inf" else float(le)
-                into[bound] = into.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
-        if line.startswith("connector_events_published_total{"):
-            published += float(line.rsplit(" ", 1)[1])
+        if line.startswith("#") or not line:
+            continue
         name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in LOSS_COUNTERS:
-            lost[name] = lost.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        value = float(line.rsplit(" ", 1)[1])
+        if name in histograms:
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            bound = float("inf") if le == "+Inf" else float(le)
+            histograms[name][bound] = histograms[name].get(bound, 0.0) + value
+        elif name == "connector_events_published_total":
+            published += value
+        elif name in LOSS_COUNTERS:
+            lost[name] = lost.get(name, 0.0) + value
         elif name == "connector_events_dropped_total":  # on purpose; spool_full is a loss
             reason = line.split('reason="', 1)[1].split('"', 1)[0]
             into = lost if reason == "spool_full" else dropped
-            into[reason] = into.get(reason, 0.0) + float(line.rsplit(" ", 1)[1])
+            into[reason] = into.get(reason, 0.0) + value
     return {
         "buckets": buckets,
         "produce": produce,
