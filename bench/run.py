@@ -1048,7 +1048,28 @@ async def main() -> int:
             for name, share in entries[kind]:
                 print(f"  {share:5.1f}  {name}")
     print(f"\nwritten to {args.out}")
-    return 0
+    return 1 if report_loss(args.totals) else 0
+
+
+def report_loss(totals: dict[str, dict[str, Any]]) -> bool:
+    """Prints the end-to-end verdict of every scenario; True if any lost a record: one
+    acknowledged but not read back, a loss counter above 0, or fewer records than frames
+    sent (less those dropped on purpose)."""
+    lost = {
+        scenario: t
+        for scenario, t in totals.items()
+        if t["unread"] or t["loss_counters"] or t["from_rest"] < 0
+    }
+    for scenario, t in lost.items():
+        print(
+            f"LOSS in {scenario.removesuffix('.log')}: {t['unread']} acknowledged records "
+            f"not read back, loss counters {t['loss_counters'] or 0}, "
+            f"{max(0, -t['from_rest'])} frames sent that are nowhere",
+            file=sys.stderr,
+        )
+    if totals and not lost:
+        print(f"end to end: no record lost in {len(totals)} scenario(s)")
+    return bool(lost)
 
 
 if __name__ == "__main__":

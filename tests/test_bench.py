@@ -1,0 +1,71 @@
+"""The benchmark's end-to-end accounting: what it reads from the connector's metrics and
+when it reports a loss (``make bench`` exits 1 then)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import httpx
+import pytest
+from prometheus_client import generate_latest
+
+from connector.metrics import Metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def bench() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_run", ROOT / "bench" / "run.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_run"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def _worker(data: int, status: int, ownership: int, failed: int) -> Metrics:
+    metrics = Metrics()
+    metrics.route("bitstamp", "live_trades", "btcusd").published += data
+    metrics.route("bitstamp", "status", "").published += status
+    metrics.route("group", "assignments", "").published += ownership
+    if failed:
+        metrics.events_failed.labels("bitstamp", "live_trades", "btcusd", "encode").inc(failed)
+    metrics.events_dropped.labels("bitstamp", "diff_order_book", "stale_diff").inc(3)
+    metrics.events_dropped.labels("bitstamp", "diff_order_book", "spool_full").inc(failed)
+    return metrics
+
+
+async def test_scrape_sums_workers_and_keeps_the_groups_ownership_records_apart(
+    bench: ModuleType,
+) -> None:
+    workers = [_worker(100, 2, 18, 0), _worker(250, 3, 34, 1)]
+
+    def serve(request: httpx.Request) -> httpx.Response:
+        index = (request.url.port or 0) - 9000
+        return httpx.Response(200, content=generate_latest(workers[index].registry))
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(serve)) as client:
+        m = await bench.scrape(client, 9000, workers=2)
+    assert m["published"] == 355  # data and status records: both on the scenario's topics
+    assert m["status"] == 5
+    assert m["ownership"] == 52  # the group's topic: not the scenario's
+    assert m["dropped"] == {"stale_diff": 6}  # on purpose
+    lost = {name: n for name, n in m["lost"].items() if n}
+    assert lost == {"connector_events_failed_total": 1, "spool_full": 1}
+
+
+def test_a_loss_is_reported_and_fails_the_run(
+    bench: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean = {"unread": 0, "loss_counters": {}, "from_rest": 10}
+    assert not bench.report_loss({"connector.log": clean})
+    assert "no record lost in 1 scenario" in capsys.readouterr().out
+    for bad in ({"unread": 2}, {"loss_counters": {"x": 1}}, {"from_rest": -1}):
+        assert bench.report_loss({"connector.log": clean, "connector-wal.log": {**clean, **bad}})
+        err = capsys.readouterr().err
+        assert "LOSS in connector-wal" in err
+        assert "connector.log" not in err and "LOSS in connector:" not in err
