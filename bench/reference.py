@@ -2,7 +2,8 @@
 connector's (acks=all, lz4 at the connector's default level, its default linger, the same batch
 size), sending the connector's own records (the simulator's events of the benchmark mix,
 decoded and Avro-encoded once, before the clock starts) at a fixed rate to the same
-topics, on the same core and broker. There is no WebSocket, no decoding, no encoding and
+topics, on the same core and broker, in the simulator's shape (each tick's records at once,
+every ``TICK_S``). There is no WebSocket, no decoding, no encoding and
 no bookkeeping: what it measures is the floor the producer library and the broker set on
 this machine — CPU per message and the send→ack latency. ``bench/run.py`` runs it after
 the connector steps; alone: ``python bench/reference.py --bootstrap HOST:PORT --rate
@@ -38,14 +39,13 @@ from connector.avro import (  # noqa: E402
 from connector.bitstamp.decoder import BitstampDecoder  # noqa: E402
 from connector.events import MarketEvent  # noqa: E402
 from connector.settings import COMPRESSION_LEVELS, Settings  # noqa: E402
-from connector.simulate import Simulator  # noqa: E402
+from connector.simulate import TICK_S, Simulator  # noqa: E402
 from connector.sink import use_compression_level  # noqa: E402
 from connector.topics import ensure_topics  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from run import percentile  # noqa: E402
 
-TICK_S = 0.001
 # The connector's default kafka_compression_level for lz4.
 LZ4_LEVEL = COMPRESSION_LEVELS["lz4"][2]
 LINGER_MS: int = Settings.model_fields["kafka_linger_ms"].default
