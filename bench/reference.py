@@ -89,10 +89,56 @@ def cpu_s() -> float:
     return t.user + t.system
 
 
+async def request_floor(
+    args: argparse.Namespace, pool: list[Record], requests: int = 200
+) -> dict[str, Any]:
+    """The broker's own time for one produce request, the producer otherwise idle: one
+    record to one partition, then one record to each of the scenario's partitions (what
+    a request carries when every stream has something within a linger), ``requests``
+    times each, one request at a time. A producer keeps one request in flight per
+    broker, so a record can wait for one request and then ride the next: two of these
+    and a linger are the floor of the send→ack latency."""
+    first: dict[str, Record] = {}
+    for record in pool:
+        first.setdefault(record[0], record)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=args.bootstrap,
+        acks="all",
+        enable_idempotence=args.idempotence,
+        compression_type="lz4",
+        linger_ms=0,
+    )
+    await producer.start()
+    out: dict[str, Any] = {"requests": requests}
+    try:
+        for label, chosen in (("one", list(first.values())[:1]), ("all", list(first.values()))):
+            lat = Latencies()
+            for _ in range(requests):
+                t = time.monotonic()
+                acks = []
+                for topic, key, value, headers in chosen:
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None, headers=headers)
+                    acks.append(await producer.send_batch(batch, topic, partition=0))
+                await asyncio.gather(*acks)
+                lat.add(time.monotonic() - t)
+                await asyncio.sleep(TICK_S / 5)
+            out[label] = {
+                "partitions": len(chosen),
+                "p50_ms": lat.pct(0.5),
+                "p99_ms": lat.pct(0.99),
+            }
+    finally:
+        await producer.stop()
+    return out
+
+
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     mix = json.loads(args.mix)
     pool = records(mix, args.markets.split(","), args.book_depth, args.topic_template, 4000)
     await ensure_topics(args.bootstrap, sorted({r[0] for r in pool}), args.partitions, 1)
+    if args.request_floor:
+        return await request_floor(args, pool)
     if args.client == "librdkafka":
         return await run_rdkafka(args, pool)
     use_compression_level("lz4", LZ4_LEVEL)
@@ -255,6 +301,11 @@ def main() -> int:
     p.add_argument("--partitions", type=int, default=1)
     p.add_argument("--client", choices=("aiokafka", "librdkafka"), default="aiokafka")
     p.add_argument("--topic-template", default="benchref.{exchange}.{channel}.{market}")
+    p.add_argument(
+        "--request-floor",
+        action="store_true",
+        help="instead: the broker's time for one produce request (see request_floor)",
+    )
     args = p.parse_args()
     print(json.dumps(asyncio.run(run(args))))
     return 0

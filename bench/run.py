@@ -574,6 +574,20 @@ async def reference(
     ``--reference-consumer-rates`` it runs again with a consumer counting its records
     live, as the connector's steps always have one: what a reading consumer costs the
     broker's acknowledgements on this machine."""
+    floor = await _reference_run(
+        args, bootstrap, embedded, "aiokafka", 0, "benchfloor.{exchange}.{channel}.{market}", True
+    )
+    if floor is not None:
+        args.broker_floor = floor
+        print(
+            "  broker: one produce request, producer otherwise idle: "
+            + ", ".join(
+                f"{floor[k]['partitions']} partition(s) p50 {floor[k]['p50_ms']} ms "
+                f"p99 {floor[k]['p99_ms']} ms"
+                for k in ("one", "all")
+            ),
+            flush=True,
+        )
     out = []
     runs = [(c, r, False) for c in args.reference_clients for r in rates]
     runs += [(c, r, True) for c in args.reference_clients for r in args.reference_consumer_rates]
@@ -611,6 +625,7 @@ async def _reference_run(
     client: str,
     rate: float,
     template: str,
+    request_floor: bool = False,
 ) -> dict[str, Any] | None:
     cmd = [
         sys.executable,
@@ -636,6 +651,8 @@ async def _reference_run(
     ]
     if not embedded:
         cmd.append("--idempotence")
+    if request_floor:
+        cmd.append("--request-floor")
     proc = await asyncio.create_subprocess_exec(
         *cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -899,6 +916,7 @@ async def main() -> int:
     args.env = dict(item.split("=", 1) for item in args.set)
     args.profiles = {}
     args.totals = {}
+    args.broker_floor = None
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
@@ -1006,6 +1024,7 @@ async def main() -> int:
         "worker_steps": [asdict(s) for s in sharded],
         "memory": mem,
         "reference": ref,
+        "broker_request_floor": args.broker_floor,
         "profiles": args.profiles,
         "end_to_end": args.totals,
     }
