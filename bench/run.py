@@ -1,8 +1,9 @@
 """End-to-end benchmark: simulator → connector (a real process) → a real broker → a
 counting consumer. One command: ``make bench`` (or ``python bench/run.py``).
 
-On a 2-core machine the connector is pinned to core 1 and everything else (simulator,
-broker, consumer) to core 0, so "CPU per message" is the connector's alone. For each
+On a 2-core machine the connector is pinned to core 1, the simulator and the consumer to
+core 0, and the broker floats (``BENCH_BROKER_CORES``); "CPU per message" is the
+connector's alone. For each
 offered rate it reports the sustained delivered rate, connector CPU seconds per 1 000
 messages, messages per second per core, receive→ack latency percentiles from the
 connector's own histogram, RSS, and whether it kept up. Then low rates again with the
@@ -10,8 +11,12 @@ consumer paused during each measured window (it reads the window's records right
 so none goes uncounted): on two shared cores a live consumer's fetches load the broker
 and lengthen its acks, which a deployment's separate broker would not. Rate steps with
 the librdkafka producer. The same steps again with the write-ahead spool on (every record
-written to disk before it is sent: the cost of crash safety). Then a memory scenario: 250
-markets x 6 channels at a quiet rate, steady-state RSS. Results: bench/results.json.
+written to disk before it is sent: the cost of crash safety). Two worker processes
+sharing the subscriptions (``CONNECTOR_WORKERS``). After each of these, an
+end-to-end check: every record the connector acknowledged is read back (the run exits 1,
+naming the scenario, if one is not). Then a bare producer's reference figures and the
+broker's own time for one produce request; then a memory scenario: 250 markets x 6
+channels at a quiet rate, steady-state RSS. Results: bench/results.json.
 """
 
 from __future__ import annotations
