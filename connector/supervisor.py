@@ -615,8 +615,10 @@ class Connection:
             if receive_ts - yielded > READ_SLICE_S:
                 # Frames already buffered are read without suspending: after a slice, let
                 # the loop run the producer's acks and linger timers, other connections.
+                # The frame keeps the time it was taken from the socket: the wait counts
+                # in its receive→ack latency.
                 await asyncio.sleep(0)
-                yielded = receive_ts = link.last_frame_ts = time.time()
+                yielded = time.time()
             try:
                 if len(frame) > max_size:
                     _oversized(frame, max_size)

@@ -42,11 +42,13 @@ class _Publisher:
 
     def __init__(self, loop_turns: list[int], cost_s: float) -> None:
         self.turns_seen: list[int] = []
+        self.waits: list[float] = []  # receive_ts → publish, seconds
         self._loop_turns = loop_turns
         self._cost_s = cost_s
 
     async def publish(self, event: MarketEvent, receive_ts: float) -> None:
         self.turns_seen.append(self._loop_turns[0])
+        self.waits.append(time.time() - receive_ts)
         end = time.perf_counter() + self._cost_s
         while time.perf_counter() < end:
             pass
@@ -55,11 +57,11 @@ class _Publisher:
         raise AssertionError("no frame here is invalid")
 
 
-async def test_a_burst_of_buffered_frames_lets_the_loop_run_between_slices() -> None:
+async def _read_burst(publisher: _Publisher, turns: list[int], turn_cost_s: float) -> None:
+    """100 buffered order books through ``Connection._read``, while another task takes a
+    turn (costing ``turn_cost_s``) whenever the loop lets it."""
     settings = load_settings(markets=["btcusd"], channels=["order_book"])
     adapter = adapter_for("bitstamp", settings)
-    turns = [0]
-    publisher = _Publisher(turns, cost_s=0.0002)
     metrics = Metrics()
     conn = Connection(
         0,
@@ -81,6 +83,9 @@ async def test_a_burst_of_buffered_frames_lets_the_loop_run_between_slices() -> 
         while True:
             await asyncio.sleep(0)
             turns[0] += 1
+            end = time.perf_counter() + turn_cost_s
+            while time.perf_counter() < end:
+                pass
 
     other = asyncio.create_task(other_work())
     await asyncio.sleep(0)
@@ -89,6 +94,12 @@ async def test_a_burst_of_buffered_frames_lets_the_loop_run_between_slices() -> 
             await conn._read(link)
     finally:
         other.cancel()
+
+
+async def test_a_burst_of_buffered_frames_lets_the_loop_run_between_slices() -> None:
+    turns = [0]
+    publisher = _Publisher(turns, cost_s=0.0002)
+    await _read_burst(publisher, turns, turn_cost_s=0.0)
     seen = publisher.turns_seen
     assert len(seen) == 100
     # The loop ran other work during the burst, about once a slice (20 ms / 1 ms) ...
@@ -107,3 +118,20 @@ def _runs(values: list[int]) -> list[list[int]]:
         else:
             out.append([v])
     return out
+
+
+async def test_a_frame_read_before_the_loop_ran_other_work_keeps_its_receive_time() -> None:
+    # The frame after each slice waits while the loop runs other work (2 ms here): that
+    # wait is part of its receive→ack latency, so its receive time is not taken again.
+    turns = [0]
+    publisher = _Publisher(turns, cost_s=0.0002)
+    await _read_burst(publisher, turns, turn_cost_s=0.002)
+    after_a_turn = [
+        wait
+        for previous, turn, wait in zip(
+            publisher.turns_seen, publisher.turns_seen[1:], publisher.waits[1:], strict=False
+        )
+        if turn != previous
+    ]
+    assert after_a_turn, "the loop ran no other work during the burst"
+    assert min(after_a_turn) >= 0.002
