@@ -580,7 +580,13 @@ async def reference(
     live, as the connector's steps always have one: what a reading consumer costs the
     broker's acknowledgements on this machine."""
     floor = await _reference_run(
-        args, bootstrap, embedded, "aiokafka", 0, "benchfloor.{exchange}.{channel}.{market}", True
+        args,
+        bootstrap,
+        embedded,
+        "aiokafka",
+        0,
+        "benchfloor.{exchange}.{channel}.{market}",
+        request_floor=True,
     )
     if floor is not None:
         args.broker_floor = floor
