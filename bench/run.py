@@ -15,8 +15,9 @@ written to disk before it is sent: the cost of crash safety). Two worker process
 sharing the subscriptions (``CONNECTOR_WORKERS``). After each of these, an
 end-to-end check: every record the connector acknowledged is read back (the run exits 1,
 naming the scenario, if one is not). Then a bare producer's reference figures and the
-broker's own time for one produce request; then a memory scenario: 250 markets x 6
-channels at a quiet rate, steady-state RSS. Results: bench/results.json.
+round trip of one produce request (client and broker CPU apart); then a memory
+scenario: 250 markets x 6 channels at a quiet rate, steady-state RSS. Results:
+bench/results.json.
 """
 
 from __future__ import annotations
@@ -589,12 +590,13 @@ async def reference(
         request_floor=True,
     )
     if floor is not None:
-        args.broker_floor = floor
+        args.request_floor = floor
         print(
-            "  broker: one produce request, producer otherwise idle: "
+            "  one produce request's round trip, producer otherwise idle: "
             + ", ".join(
                 f"{floor[k]['partitions']} partition(s) p50 {floor[k]['p50_ms']} ms "
-                f"p99 {floor[k]['p99_ms']} ms"
+                f"p99 {floor[k]['p99_ms']} ms (CPU per request: client "
+                f"{floor[k]['client_cpu_ms']} ms, broker {floor[k]['broker_cpu_ms']} ms)"
                 for k in ("one", "all")
             ),
             flush=True,
@@ -664,6 +666,8 @@ async def _reference_run(
         cmd.append("--idempotence")
     if request_floor:
         cmd.append("--request-floor")
+        if args.broker_pid:
+            cmd += ["--broker-pid", str(args.broker_pid)]
     proc = await asyncio.create_subprocess_exec(
         *cmd, cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
     )
@@ -927,7 +931,8 @@ async def main() -> int:
     args.env = dict(item.split("=", 1) for item in args.set)
     args.profiles = {}
     args.totals = {}
-    args.broker_floor = None
+    args.request_floor = None
+    args.broker_pid = 0  # the embedded broker's process (its CPU in the request floor)
 
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
@@ -935,6 +940,7 @@ async def main() -> int:
         broker = EmbeddedBroker()
         bootstrap = broker.start()
         if broker._proc is not None:
+            args.broker_pid = broker._proc.pid
             pin(broker._proc.pid, BROKER_CORES)
     try:
         print(
@@ -1035,7 +1041,7 @@ async def main() -> int:
         "worker_steps": [asdict(s) for s in sharded],
         "memory": mem,
         "reference": ref,
-        "broker_request_floor": args.broker_floor,
+        "request_floor": args.request_floor,
         "profiles": args.profiles,
         "end_to_end": args.totals,
     }
