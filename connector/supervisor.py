@@ -32,14 +32,14 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from typing import NoReturn
+from typing import NoReturn, cast
 
 import websockets
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.frames import CloseCode
 from websockets.protocol import State
 
+from connector.arrival import StampedConnection
 from connector.checkpoints import Checkpoint
 from connector.errors import ConfigError, ProtocolError
 from connector.events import (
@@ -95,7 +95,7 @@ READ_SLICE_S = 0.001
 class _Link:
     """One WebSocket connection and its reader's state."""
 
-    ws: ClientConnection
+    ws: StampedConnection
     decoder: WireProtocol
     cid: str
     opened: float  # monotonic
@@ -287,8 +287,12 @@ class Connection:
             ping_interval=20,
             ping_timeout=20,
             max_queue=64,
+            create_connection=StampedConnection,  # notes when each frame arrived
         )
-        return _Link(ws, self.adapter.new_protocol(cid), cid, time.monotonic())
+        # connect() is typed as returning its base class; it made the class it was given.
+        return _Link(
+            cast(StampedConnection, ws), self.adapter.new_protocol(cid), cid, time.monotonic()
+        )
 
     def _adopt(self, link: _Link) -> None:
         self._active = link
@@ -609,14 +613,16 @@ class Connection:
         by_pair = self._by_pair
         deliver = self._deliver
         max_size = self._settings.ws_max_size_bytes
+        arrived = link.ws.arrived
         yielded = time.time()
         async for frame in link.ws:
-            receive_ts = link.last_frame_ts = time.time()
-            if receive_ts - yielded > READ_SLICE_S:
+            now = time.time()
+            # Received is when the frame came off the socket, not now: the time it waited
+            # behind a burst counts in its receive→ack latency and its receive_ts_us.
+            receive_ts = link.last_frame_ts = arrived(now)
+            if now - yielded > READ_SLICE_S:
                 # Frames already buffered are read without suspending: after a slice, let
                 # the loop run the producer's acks and linger timers, other connections.
-                # The frame keeps the time it was taken from the socket: the wait counts
-                # in its receive→ack latency.
                 await asyncio.sleep(0)
                 yielded = time.time()
             try:

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from collections.abc import AsyncIterator
+from itertools import pairwise
 from typing import Any
 
 import orjson
 import pytest
 
 from connector import supervisor
+from connector.arrival import StampedConnection
 from connector.events import MarketEvent
 from connector.exchange import adapter_for
 from connector.metrics import Metrics
@@ -22,14 +25,17 @@ from tests.frames import ORDER_BOOK
 
 
 class _Burst:
-    """A WebSocket whose frames are all buffered already: iterating never suspends, as
-    websockets' ``recv`` does not while messages are queued."""
+    """A WebSocket whose frames are all buffered already, all arrived when it was made:
+    iterating never suspends, as websockets' ``recv`` does not while messages are queued.
+    ``arrived`` is ``StampedConnection``'s."""
 
     close_code = 1000
     close_reason = ""
 
     def __init__(self, frames: list[bytes]) -> None:
         self._frames = frames
+        self.arrivals = deque([time.time()] * len(frames))
+        self.arrived = StampedConnection.arrived.__get__(self)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for frame in self._frames:
@@ -57,7 +63,7 @@ class _Publisher:
         raise AssertionError("no frame here is invalid")
 
 
-async def _read_burst(publisher: _Publisher, turns: list[int], turn_cost_s: float) -> None:
+async def _read_burst(publisher: _Publisher, turns: list[int], turn_cost_s: float) -> _Burst:
     """100 buffered order books through ``Connection._read``, while another task takes a
     turn (costing ``turn_cost_s``) whenever the loop lets it."""
     settings = load_settings(markets=["btcusd"], channels=["order_book"])
@@ -77,7 +83,8 @@ async def _read_burst(publisher: _Publisher, turns: list[int], turn_cost_s: floa
         frame = orjson.loads(orjson.dumps(ORDER_BOOK))
         frame["data"]["microtimestamp"] = str(1_700_000_000_100_000 + i)
         frames.append(orjson.dumps(frame))
-    link = _Link(_Burst(frames), adapter.new_protocol("c"), "c", time.monotonic())  # type: ignore[arg-type]
+    burst = _Burst(frames)
+    link = _Link(burst, adapter.new_protocol("c"), "c", time.monotonic())  # type: ignore[arg-type]
 
     async def other_work() -> None:
         while True:
@@ -94,6 +101,7 @@ async def _read_burst(publisher: _Publisher, turns: list[int], turn_cost_s: floa
             await conn._read(link)
     finally:
         other.cancel()
+    return burst
 
 
 async def test_a_burst_of_buffered_frames_lets_the_loop_run_between_slices() -> None:
@@ -135,3 +143,17 @@ async def test_a_frame_read_before_the_loop_ran_other_work_keeps_its_receive_tim
     ]
     assert after_a_turn, "the loop ran no other work during the burst"
     assert min(after_a_turn) >= 0.002
+
+
+async def test_a_frame_that_waited_behind_a_burst_counts_the_wait() -> None:
+    # All 100 frames came off the socket at once; each is read after the ones before it
+    # (0.2 ms each). Their receive time is the arrival, so the wait behind the burst is in
+    # the latency: ~20 ms for the last one, not the ~0 a time taken at the read would give.
+    turns = [0]
+    publisher = _Publisher(turns, cost_s=0.0002)
+    burst = await _read_burst(publisher, turns, turn_cost_s=0.0)
+    assert not burst.arrivals  # one arrival taken per frame read
+    waits = publisher.waits
+    assert len(waits) == 100
+    assert waits[-1] >= 99 * 0.0002
+    assert all(later >= earlier for earlier, later in pairwise(waits))
