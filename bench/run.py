@@ -1044,6 +1044,7 @@ async def main() -> int:
         "request_floor": args.request_floor,
         "profiles": args.profiles,
         "end_to_end": args.totals,
+        "targets": targets(steps, quiet, mem),
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     if steps:
@@ -1083,8 +1084,59 @@ async def main() -> int:
             print(f"\nprofile at {rate}/s, {kind} time (% of samples):")
             for name, share in entries[kind]:
                 print(f"  {share:5.1f}  {name}")
+    if result["targets"]:
+        print("\ntargets (a missed one is reported, not failed: the machine is shared):")
+        for t in result["targets"]:
+            print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
     print(f"\nwritten to {args.out}")
     return 1 if report_loss(args.totals) else 0
+
+
+# The issue's targets on the 2-core machine (the benchmark shows them; nothing else times).
+TARGET_RATE = 20_000  # msg/s sustained, the connector on one core
+TARGET_P99_MS = 10.0
+TARGET_LATENCY_RATE = 5_000
+TARGET_RSS_MB = 150.0
+
+
+def targets(
+    steps: list[Step], quiet: list[Step], mem: dict[str, Any] | None
+) -> list[dict[str, Any]]:
+    """Each target the run measured: what it asks, what the run shows, whether it is met."""
+    out: list[dict[str, Any]] = []
+    if steps:
+        top = max((s for s in steps if s.kept_up), key=lambda s: s.delivered, default=None)
+        out.append(
+            {
+                "target": f">= {TARGET_RATE} msg/s sustained on one core (a step that kept up)",
+                "measured": (
+                    f"{top.delivered}/s delivered at {top.cpu_s_per_1000} CPU s per 1 000 "
+                    f"({top.msgs_per_core_s} msg/s per core)"
+                    if top
+                    else "no step kept up"
+                ),
+                "met": top is not None and top.delivered >= TARGET_RATE,
+            }
+        )
+    at_rate = [s for s in quiet if abs(s.offered_target - TARGET_LATENCY_RATE) < 1]
+    if at_rate:
+        p99 = at_rate[0].p99_ms
+        out.append(
+            {
+                "target": f"p99 receive→ack < {TARGET_P99_MS:g} ms at {TARGET_LATENCY_RATE}/s",
+                "measured": f"{p99} ms (send→ack {at_rate[0].send_ack_p99_ms} ms)",
+                "met": p99 is not None and p99 < TARGET_P99_MS,
+            }
+        )
+    if mem:
+        out.append(
+            {
+                "target": f"RSS < {TARGET_RSS_MB:g} MB with {mem['subscriptions']} subscriptions",
+                "measured": f"{mem['rss_mb_steady']} MB",
+                "met": mem["rss_mb_steady"] < TARGET_RSS_MB,
+            }
+        )
+    return out
 
 
 def report_loss(totals: dict[str, dict[str, Any]]) -> bool:

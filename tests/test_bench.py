@@ -69,3 +69,43 @@ def test_a_loss_is_reported_and_fails_the_run(
         err = capsys.readouterr().err
         assert "LOSS in connector-wal" in err
         assert "connector.log" not in err and "LOSS in connector:" not in err
+
+
+def _step(bench: ModuleType, offered: int, per_core: int, kept_up: bool, p99: float) -> object:
+    return bench.Step(
+        offered_target=offered,
+        offered=offered,
+        delivered=offered,
+        cpu_s_per_1000=1000 / per_core,
+        msgs_per_core_s=per_core,
+        p50_ms=p99 / 2,
+        p99_ms=p99,
+        max_ms=p99,
+        send_ack_p50_ms=p99 / 2,
+        send_ack_p99_ms=p99,
+        rss_mb=80.0,
+        kept_up=kept_up,
+    )
+
+
+def test_the_targets_verdict_reads_the_busiest_step_that_kept_up(bench: ModuleType) -> None:
+    steps = [
+        _step(bench, 5_000, 12_000, True, 80.0),
+        _step(bench, 20_500, 22_000, True, 60.0),
+        _step(bench, 25_000, 19_000, False, 300.0),  # fell behind: not what it sustained
+    ]
+    quiet = [_step(bench, 5_000, 10_000, True, 12.1)]
+    mem = {"subscriptions": 1500, "rss_mb_steady": 93.7}
+    throughput, latency, memory = bench.targets(steps, quiet, mem)
+    assert (throughput["met"], latency["met"], memory["met"]) == (True, False, True)
+    assert throughput["measured"].startswith("20500/s delivered")
+    assert "(22000 msg/s per core)" in throughput["measured"]
+    assert latency["measured"].startswith("12.1 ms")
+
+    short = [_step(bench, 19_000, 25_000, True, 90.0), _step(bench, 24_000, 30_000, False, 9.0)]
+    fast = [_step(bench, 5_000, 10_000, True, 9.9)]
+    verdict = bench.targets(short, fast, None)
+    assert [t["met"] for t in verdict] == [False, True]  # 19 000/s sustained is not 20 000
+    assert bench.targets([_step(bench, 24_000, 30_000, False, 9.0)], [], None)[0]["measured"] == (
+        "no step kept up"
+    )
