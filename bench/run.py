@@ -57,6 +57,11 @@ LOSS_COUNTERS = (
 )
 # The broker floats: pinned next to the simulator it starves and its acks dominate latency.
 BROKER_CORES = {int(c) for c in os.environ.get("BENCH_BROKER_CORES", "0,1").split(",")}
+# The issue's targets on the 2-core machine (the benchmark shows them; nothing else times).
+TARGET_RATE = 20_000  # msg/s sustained, the connector on one core
+TARGET_P99_MS = 10.0
+TARGET_LATENCY_RATE = 5_000
+TARGET_RSS_MB = 150.0
 # Relative per-subscription rates after Bitstamp's observed rates (shared/bitstamp-v2.md):
 # live_orders 10-45/s, order books 5-7/s, diffs 1.5-5/s, trades in bursts, funding ~1/s.
 MIX = {
@@ -202,6 +207,19 @@ def percentile(before: dict[float, float], after: dict[float, float], q: float) 
     return bounds[-2]
 
 
+def share_within(
+    before: dict[float, float], after: dict[float, float], bound: float
+) -> float | None:
+    """Share of the observations between two scrapes at or below ``bound``, which must be
+    a bucket's upper bound: exact, not interpolated."""
+    if bound not in after:
+        raise ValueError(f"{bound} is not a bucket bound of the histogram")
+    total = after[float("inf")] - before.get(float("inf"), 0.0)
+    if total <= 0:
+        return None
+    return (after[bound] - before.get(bound, 0.0)) / total
+
+
 def max_bucket(before: dict[float, float], after: dict[float, float]) -> float | None:
     """Upper bound of the highest non-empty bucket (the histogram's view of the max)."""
     top, below = None, 0.0
@@ -286,6 +304,8 @@ class Step:
     send_ack_p99_ms: float | None
     rss_mb: float
     kept_up: bool
+    # Share of the step's records acked within the latency target (a bucket bound: exact).
+    within_target: float | None = None
     # "live": the consumer counted during the window; "after": it was paused and counted
     # the window's records after it (delivered = acked in the window, all of them read).
     consumer: str = "live"
@@ -487,6 +507,7 @@ async def throughput(
                     msgs_per_core_s=round(published / cpu) if cpu else 0,
                     p50_ms=_ms(percentile(m0["buckets"], m1["buckets"], 0.50)),
                     p99_ms=_ms(percentile(m0["buckets"], m1["buckets"], 0.99)),
+                    within_target=share_within(m0["buckets"], m1["buckets"], TARGET_P99_MS / 1000),
                     max_ms=_ms(max_bucket(m0["buckets"], m1["buckets"])),
                     send_ack_p50_ms=_ms(percentile(m0["produce"], m1["produce"], 0.50)),
                     send_ack_p99_ms=_ms(percentile(m0["produce"], m1["produce"], 0.99)),
@@ -1092,13 +1113,6 @@ async def main() -> int:
     return 1 if report_loss(args.totals) else 0
 
 
-# The issue's targets on the 2-core machine (the benchmark shows them; nothing else times).
-TARGET_RATE = 20_000  # msg/s sustained, the connector on one core
-TARGET_P99_MS = 10.0
-TARGET_LATENCY_RATE = 5_000
-TARGET_RSS_MB = 150.0
-
-
 def targets(
     steps: list[Step], quiet: list[Step], mem: dict[str, Any] | None
 ) -> list[dict[str, Any]]:
@@ -1120,12 +1134,17 @@ def targets(
         )
     at_rate = [s for s in quiet if abs(s.offered_target - TARGET_LATENCY_RATE) < 1]
     if at_rate:
-        p99 = at_rate[0].p99_ms
+        step = at_rate[0]
+        within = step.within_target
         out.append(
             {
                 "target": f"p99 receive→ack < {TARGET_P99_MS:g} ms at {TARGET_LATENCY_RATE}/s",
-                "measured": f"{p99} ms (send→ack {at_rate[0].send_ack_p99_ms} ms)",
-                "met": p99 is not None and p99 < TARGET_P99_MS,
+                "measured": (
+                    f"{'n/a' if within is None else f'{100 * within:.2f}'} % of records "
+                    f"within {TARGET_P99_MS:g} ms; p99 {step.p99_ms} ms (interpolated in "
+                    f"its bucket), send→ack p99 {step.send_ack_p99_ms} ms"
+                ),
+                "met": within is not None and within >= 0.99,
             }
         )
     if mem:

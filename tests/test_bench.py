@@ -72,6 +72,7 @@ def test_a_loss_is_reported_and_fails_the_run(
 
 
 def _step(bench: ModuleType, offered: int, per_core: int, kept_up: bool, p99: float) -> object:
+    """A step whose share of records within 10 ms follows its p99 (as a histogram's would)."""
     return bench.Step(
         offered_target=offered,
         offered=offered,
@@ -85,6 +86,7 @@ def _step(bench: ModuleType, offered: int, per_core: int, kept_up: bool, p99: fl
         send_ack_p99_ms=p99,
         rss_mb=80.0,
         kept_up=kept_up,
+        within_target=0.995 if p99 < 10 else 0.98,
     )
 
 
@@ -100,7 +102,7 @@ def test_the_targets_verdict_reads_the_busiest_step_that_kept_up(bench: ModuleTy
     assert (throughput["met"], latency["met"], memory["met"]) == (True, False, True)
     assert throughput["measured"].startswith("20500/s delivered")
     assert "(22000 msg/s per core)" in throughput["measured"]
-    assert latency["measured"].startswith("12.1 ms")
+    assert latency["measured"].startswith("98.00 % of records within 10 ms; p99 12.1 ms")
 
     short = [_step(bench, 19_000, 25_000, True, 90.0), _step(bench, 24_000, 30_000, False, 9.0)]
     fast = [_step(bench, 5_000, 10_000, True, 9.9)]
@@ -109,3 +111,27 @@ def test_the_targets_verdict_reads_the_busiest_step_that_kept_up(bench: ModuleTy
     assert bench.targets([_step(bench, 24_000, 30_000, False, 9.0)], [], None)[0]["measured"] == (
         "no step kept up"
     )
+
+
+async def test_the_share_within_the_latency_target_is_exact_at_a_bucket_bound(
+    bench: ModuleType,
+) -> None:
+    metrics = Metrics()
+
+    async def scraped() -> dict[float, float]:
+        def serve(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, content=generate_latest(metrics.registry))
+
+        async with httpx.AsyncClient(transport=httpx.MockTransport(serve)) as client:
+            buckets: dict[float, float] = (await bench.scrape(client, 9000))["buckets"]
+            return buckets
+
+    before = await scraped()
+    for seconds in [0.002] * 985 + [0.0099] * 5 + [0.0101] * 10:  # 990 of 1 000 within 10 ms
+        metrics.ack_latency.observe(seconds)
+    after = await scraped()
+    assert bench.share_within(before, after, bench.TARGET_P99_MS / 1000) == 0.99
+    assert bench.share_within(before, after, 0.015) == 1.0
+    assert bench.share_within(after, after, 0.01) is None  # nothing observed in between
+    with pytest.raises(ValueError, match="not a bucket bound"):
+        bench.share_within(before, after, 0.011)
