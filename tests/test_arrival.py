@@ -5,8 +5,10 @@ connection internals, so an upgrade that changes them fails here)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
+import pytest
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
@@ -53,3 +55,24 @@ async def test_each_message_keeps_the_time_it_came_off_the_socket() -> None:
         assert stamp <= queued_by  # when it arrived, not when it was read ...
         assert read_at - stamp >= 0.05  # ... so the reader's lateness is counted
     assert not client.arrivals
+    assert client.unstamped == 0
+
+
+async def test_a_message_read_with_no_arrival_noted_takes_the_read_time_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What a websockets that stopped calling process_event per frame would do.
+    async with serve(_server_sends, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with websockets.connect(
+            f"ws://127.0.0.1:{port}", create_connection=StampedConnection
+        ) as client:
+            assert isinstance(client, StampedConnection)
+            for _ in MESSAGES:
+                await client.recv()
+                client.arrivals.clear()
+                with caplog.at_level(logging.WARNING, logger="connector.arrival"):
+                    assert client.arrived(123.0) == 123.0
+    assert client.unstamped == len(MESSAGES)
+    warnings = [r for r in caplog.records if "no arrival time noted" in r.getMessage()]
+    assert len(warnings) == 1  # once per connection, then counted
