@@ -114,10 +114,14 @@ async def request_floor(
     )
     await producer.start()
     out: dict[str, Any] = {"requests": requests}
+
+    def broker_cpu() -> float:
+        return cpu_seconds(broker_pid) if broker_pid else 0.0
+
     try:
         for label, chosen in (("one", list(first.values())[:1]), ("all", list(first.values()))):
             lat = Latencies()
-            client0, broker0 = cpu_s(), (cpu_seconds(broker_pid) if broker_pid else 0.0)
+            client0, broker0 = cpu_s(), broker_cpu()
             for _ in range(requests):
                 t = time.monotonic()
                 acks = []
@@ -128,7 +132,7 @@ async def request_floor(
                 await asyncio.gather(*acks)
                 lat.add(time.monotonic() - t)
                 await asyncio.sleep(TICK_S / 5)
-            client1, broker1 = cpu_s(), (cpu_seconds(broker_pid) if broker_pid else 0.0)
+            client1, broker1 = cpu_s(), broker_cpu()
             out[label] = {
                 "partitions": len(chosen),
                 "p50_ms": lat.pct(0.5),

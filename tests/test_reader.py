@@ -35,11 +35,19 @@ class _Burst:
     def __init__(self, frames: list[bytes]) -> None:
         self._frames = frames
         self.arrivals = deque([time.time()] * len(frames))
+        self.unstamped = 0
         self.arrived = StampedConnection.arrived.__get__(self)
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for frame in self._frames:
             yield frame
+
+
+def _busy(seconds: float) -> None:
+    """CPU work that holds the event loop for ``seconds``."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 class _Publisher:
@@ -55,9 +63,7 @@ class _Publisher:
     async def publish(self, event: MarketEvent, receive_ts: float) -> None:
         self.turns_seen.append(self._loop_turns[0])
         self.waits.append(time.time() - receive_ts)
-        end = time.perf_counter() + self._cost_s
-        while time.perf_counter() < end:
-            pass
+        _busy(self._cost_s)
 
     async def dead_letter(self, *args: Any) -> None:
         raise AssertionError("no frame here is invalid")
@@ -90,9 +96,7 @@ async def _read_burst(publisher: _Publisher, turns: list[int], turn_cost_s: floa
         while True:
             await asyncio.sleep(0)
             turns[0] += 1
-            end = time.perf_counter() + turn_cost_s
-            while time.perf_counter() < end:
-                pass
+            _busy(turn_cost_s)
 
     other = asyncio.create_task(other_work())
     await asyncio.sleep(0)
