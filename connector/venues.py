@@ -561,8 +561,17 @@ class BitfinexServer(VenueServer):
         self._bad_checksum.add(market)
 
     async def info(self, code: int, msg: str = "") -> None:
+        """Tells every open connection, as the data broadcast does: one the client is
+        closing (an old one after a handover) is skipped, but at least one must hear it."""
+        reached = 0
         for conn in list(self.conns.values()):
-            await conn.ws.send(_dumps({"event": "info", "code": code, "msg": msg}))
+            try:
+                await conn.ws.send(_dumps({"event": "info", "code": code, "msg": msg}))
+            except ConnectionClosed:
+                continue
+            reached += 1
+        if not reached:
+            raise RuntimeError(f"info {code} reached no open connection")
 
     def split(self, name: str) -> tuple[str, str] | None:
         return split_key(name)
