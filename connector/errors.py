@@ -27,6 +27,10 @@ class ConfigError(ConnectorError):
     """A setting is missing or invalid. The message names the setting."""
 
 
+class SpoolInUse(ConfigError):
+    """The spool directory is locked by another connector process."""
+
+
 class ProtocolError(ConnectorError):
     """A frame could not be decoded.
 

@@ -8,7 +8,8 @@ The connection calls these hooks; this module decides what consumers see:
   the exchange's: each adapter's subclass implements ``live`` (a REST backfill, a REST
   book snapshot, or marking the next full book as a resync) with the helpers here;
 - ``admit(sub, event)``: the read path asks whether to publish an event now (None: held
-  during recovery, a duplicate trade, or a diff older than the resync snapshot);
+  during recovery, or a duplicate trade). Diffs older than a resync snapshot are
+  published too, ahead of it when they arrive before it is published;
 - ``drain(subs)``: the session is ending: publish what is held (it was received, so it
   is not dropped); an unfinished recovery leaves the gap open for the next connection.
 
@@ -48,6 +49,8 @@ from connector.recent import RecentTrades
 log = logging.getLogger(__name__)
 
 HOLD_LIMIT = 100_000  # events held per subscription while its recovery runs
+# After a REST book snapshot, how long diffs are held for one newer than it to arrive.
+RESYNC_WAIT_S = 5.0
 # Gap reasons that are breaks seen in the stream itself (status kind SEQUENCE_BREAK).
 BREAK_REASONS = frozenset({"sequence_break", "checksum_mismatch", "book_reset"})
 
@@ -76,6 +79,8 @@ class SubState:
     resync_next: bool = False
     cutoff_us: int = 0  # diffs at or before this time are older than the snapshot
     cutoff_seq: int | None = None  # diffs ending at or before this id are older
+    # A REST snapshot fetched but not yet published: diffs older than it go first.
+    pending_snapshot: BookDelta | None = None
 
 
 ResyncWanted = Callable[[SubState, str, str], None]
@@ -163,9 +168,10 @@ class Gaps:
                 and not event.resync
                 and self._stale_diff(sub, event)
             ):
+                # Older than the resync published before it (it came that late): it was
+                # received, so it is published; the contract tells consumers to skip a
+                # diff not newer than the last resync.
                 self._metrics.stale_diffs.labels(self.exchange).inc()
-                self._metrics.events_dropped.labels(self.exchange, sub.channel, "stale_diff").inc()
-                return None
             if sub.resync_next:
                 sub.resync_next = False
                 return msgspec.structs.replace(event, resync=True)
@@ -208,13 +214,39 @@ class Gaps:
             log.error("recovery task failed: %r", task.exception())
 
     async def _release(self, sub: SubState) -> None:
-        """Publishes what was held, in order, then lets events through."""
+        """Publishes what was held, in order, then lets events through. A fetched
+        snapshot goes out just before the first held diff newer than it: the diffs it
+        supersedes precede it, so a consumer replaying the topic ends at its book."""
         while sub.held:
             event, receive_ts = sub.held.popleft()
+            if sub.pending_snapshot is not None and not _older_than(sub.pending_snapshot, event):
+                await self._publish_snapshot(sub)
             kept = self._filter(sub, event)
             if kept is not None:
                 await self._publisher.publish(kept, receive_ts)
+        if sub.pending_snapshot is not None:
+            await self._publish_snapshot(sub)
         sub.recovering = False
+
+    async def _publish_snapshot(self, sub: SubState) -> None:
+        snapshot, sub.pending_snapshot = sub.pending_snapshot, None
+        assert snapshot is not None
+        await self._publisher.publish(snapshot, time.time())
+        if snapshot.exchange_sequence is not None:
+            sub.cutoff_seq = snapshot.exchange_sequence
+        else:
+            sub.cutoff_us = snapshot.exchange_ts_us
+
+    async def _await_newer_diff(self, sub: SubState) -> None:
+        """Holds on until a diff newer than the fetched snapshot arrives (the stream has
+        passed it: no older diff follows), at most ``RESYNC_WAIT_S`` (a quiet book)."""
+        snapshot = sub.pending_snapshot
+        assert snapshot is not None
+        deadline = time.monotonic() + RESYNC_WAIT_S
+        while time.monotonic() < deadline and not self.full(sub):
+            if any(not _older_than(snapshot, event) for event, _ in reversed(sub.held)):
+                return
+            await asyncio.sleep(0.02)
 
     async def _publish_backfill(self, sub: SubState, trades: list[Trade]) -> int:
         """Publishes backfilled trades not yet published (oldest first); their count."""
@@ -229,21 +261,20 @@ class Gaps:
     async def _resync_from(
         self, sub: SubState, gap_start: int | None, fetch: Callable[[], Awaitable[BookDelta]]
     ) -> None:
-        """Publishes a REST book snapshot (``resync=True``) before the held diffs; diffs
-        older than it are dropped (by update id when it has one, else by time)."""
+        """Publishes a REST book snapshot (``resync=True``) among the held diffs: those
+        older than it (by update id when it has one, else by time) first, in arrival
+        order, then the snapshot, then the newer ones. Every diff received is published:
+        a consumer skips a diff not newer than the last resync."""
         end = now_us()
         recovery, detail, published = Recovery.RESYNCED, "", 0
         try:
-            snapshot = await fetch()
-            await self._publisher.publish(snapshot, time.time())
-            if snapshot.exchange_sequence is not None:
-                sub.cutoff_seq = snapshot.exchange_sequence
-            else:
-                sub.cutoff_us = snapshot.exchange_ts_us
+            sub.pending_snapshot = await fetch()
             published = 1
         except (RestError, ProtocolError) as exc:
             recovery, detail = Recovery.FAILED, f"snapshot failed: {exc}"
             log.error("%s: no REST snapshot (%s); diffs follow without a resync", sub.name, exc)
+        if sub.pending_snapshot is not None:
+            await self._await_newer_diff(sub)
         await self._release(sub)
         if gap_start is not None:
             await self._close_gap(sub, gap_start, recovery, published, detail, end)
@@ -352,3 +383,12 @@ class SnapshotGaps(Gaps):
         published = await self._publish_backfill(sub, trades)
         await self._release(sub)
         await self._close_gap(sub, gap_start, recovery, published, detail, end)
+
+
+def _older_than(snapshot: BookDelta, event: MarketEvent) -> bool:
+    """A diff the snapshot already contains (by update id when both have one)."""
+    if not isinstance(event, BookDelta) or event.resync:
+        return False
+    if snapshot.exchange_sequence is not None and event.exchange_sequence is not None:
+        return event.exchange_sequence <= snapshot.exchange_sequence
+    return event.exchange_ts_us <= snapshot.exchange_ts_us

@@ -10,6 +10,38 @@ from typing import Any
 import orjson
 
 
+class RepeatFilter(logging.Filter):
+    """Keeps the first of a client library's repeated lines, then one a ``window``.
+
+    aiokafka logs every failed reconnect and metadata refresh (about ten lines a second
+    while a broker is unreachable: 1 500 in a 40 s outage). A line of the same logger,
+    level and template as one shown less than ``window`` seconds ago is counted, not
+    shown; the next one shown after the window says how many were held back. The
+    connector's own lines (one per state change) pass untouched."""
+
+    def __init__(self, prefixes: tuple[str, ...], window: float = 60.0) -> None:
+        super().__init__()
+        self._prefixes = prefixes
+        self._window = window
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(self._prefixes):
+            return True
+        key = (record.name, record.levelno, str(record.msg))
+        now = record.created
+        shown = self._seen.get(key)
+        if shown is not None and now - shown[0] < self._window:
+            self._seen[key] = (shown[0], shown[1] + 1)
+            return False
+        if len(self._seen) > 1000:  # a bound: templates are few
+            self._seen.clear()
+        self._seen[key] = (now, 0)
+        if shown is not None and shown[1]:
+            record.msg = f"{record.msg} ({shown[1]} like it in the last {now - shown[0]:.0f}s)"
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -31,6 +63,7 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
     handler.setFormatter(formatter)
+    handler.addFilter(RepeatFilter(("aiokafka", "kafka")))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

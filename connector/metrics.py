@@ -209,8 +209,8 @@ class Metrics:
         )
         self.events_dropped = Counter(
             "connector_events_dropped_total",
-            "Events deliberately not published: duplicate (already published), stale_diff "
-            "(older than the resync snapshot), spool_full (drop_oldest policy).",
+            "Events deliberately not published: duplicate (already published), spool_full "
+            "(drop_oldest policy).",
             ("exchange", "channel", "reason"),
             registry=r,
         )
@@ -223,7 +223,9 @@ class Metrics:
         )
         self.stale_diffs = Counter(
             "connector_stale_diffs_discarded_total",
-            "diff_order_book messages older than the resync snapshot, discarded.",
+            "Book diffs older than the resync snapshot that arrived after it was published "
+            "(published behind it; consumers discard them: not newer than the last resync). "
+            "Older diffs that arrive before it are published ahead of it and not counted.",
             ("exchange",),
             registry=r,
         )

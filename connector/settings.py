@@ -331,7 +331,11 @@ class Settings(BaseSettings):
         description="Kafka request deadline; without idempotence also the batch expiry.",
     )
     kafka_send_timeout_s: float = Field(
-        default=60.0, gt=0, description="Deadline for one delivery attempt of one record."
+        default=5.0,
+        gt=0,
+        description="Records unacknowledged this long, with no acknowledgement meanwhile: "
+        "Kafka is logged unreachable (once, then every 30 s, and when restored); records "
+        "stay buffered and are retried.",
     )
     kafka_max_in_flight: int = Field(
         default=20_000,
@@ -374,10 +378,18 @@ class Settings(BaseSettings):
         description="On shutdown, how long to keep reading until the exchange confirms the "
         "unsubscriptions (frames already sent are still published); 0 skips it.",
     )
+    spool: bool = Field(
+        default=True,
+        description="Spill to an on-disk spool what Kafka has not taken once "
+        "kafka_max_in_flight records are unacknowledged (outages, shutdown); false: a full "
+        "buffer holds the reader instead (a gap, recovered where the exchange allows).",
+    )
     spool_dir: Path | None = Field(
         default=None,
-        description="On-disk spool for records Kafka cannot take (outages, shutdown); unset "
-        "disables it. In containers: a writable volume.",
+        description="Where the spool lives (in containers: a writable volume). Unset: "
+        "$XDG_STATE_HOME/exchange-connector/spool (~/.local/state/... without it), or a "
+        "sibling spool-N if another connector holds it; no spool, with a warning, if none "
+        "is writable.",
     )
     spool_max_bytes: int = Field(default=1 << 30, ge=1 << 20, description="Spool size limit.")
     spool_segment_bytes: int = Field(

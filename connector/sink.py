@@ -15,13 +15,19 @@ Design (after aiokafka's accumulator/sender split):
   persistence, an operator deleted it) is recreated with the configured partitions and
   replication (``topic_creator``, when topic creation is on) before the next retry round.
 - Every attempt is bounded in time: aiokafka expires a batch after request_timeout_ms
-  (without idempotence); with idempotence aiokafka retries forever by design, and a
-  watchdog logs and exposes records older than ``kafka_send_timeout_s``.
-- With a spool (``spool_dir``): while in retry mode with every slot taken, records go to
-  disk instead of waiting, so reading never stops during an outage; once anything is
-  spooled, newer records follow it there (order). When Kafka is back and the retry queue
-  is empty, the spool is replayed in order through the same path; direct sends resume
-  when it is empty. ``close`` spools what is unacknowledged; the next start replays it.
+  (without idempotence); with idempotence aiokafka retries forever by design. A
+  watchdog logs Kafka unreachable once records wait ``kafka_send_timeout_s`` with no
+  acknowledgement, every 30 s while it lasts, and restored.
+- ``send`` never waits on the broker itself: aiokafka's waits (an undrained batch of
+  the partition, metadata) happen in ``AioProducer``'s backlog pump, so the WebSocket
+  reader keeps reading through an outage.
+- With a spool (on by default, ``spool_dir`` or the default place): once every slot
+  is taken (``kafka_max_in_flight`` records unacknowledged: Kafka down or too slow),
+  records go to disk instead of waiting, so reading never stops during an outage; once
+  anything is spooled, newer records follow it there (order). When Kafka is back and the
+  retry queue is empty, the spool is replayed in order through the same path; direct
+  sends resume when it is empty. ``close`` spools what is unacknowledged; the next start
+  replays it.
   Full spool: ``block`` (wait) or ``drop_oldest`` (counted).
 - Write-ahead mode (``spool_write_ahead``): every record is appended to the spool
   (flushed to the OS) before it is sent, so a SIGKILL loses nothing that was received.
@@ -42,17 +48,19 @@ import logging
 import os
 import random
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, UnknownTopicOrPartitionError
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from connector.errors import ConfigError, DeliveryError
+from connector.errors import ConfigError, DeliveryError, SpoolInUse
 from connector.kafka_security import client_options
 from connector.metrics import Metrics, RouteMetrics
 from connector.settings import Settings
@@ -135,6 +143,18 @@ def use_compression_level(codec: str, level: int | None) -> None:
             setattr(module, name, bound)
 
 
+OUTAGE_NOTE_S = 30.0  # how often an outage is logged while it lasts
+DEFAULT_SPOOL_SLOTS = 8  # connectors on one machine sharing the default place
+
+
+def default_spool_base() -> Path:
+    """Where spools go when CONNECTOR_SPOOL_DIR is unset: the XDG state directory."""
+    state = os.environ.get("XDG_STATE_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "state"
+    )
+    return Path(state) / "exchange-connector"
+
+
 # A record's outcome, reported once: None when Kafka acknowledged it (acks=all), else why
 # not. Called on the event loop's thread.
 Delivery = Callable[[BaseException | None], None]
@@ -165,9 +185,28 @@ class AioProducer:
     ``max_batch_size``), and the batch's one future settles all its records, in order.
     Partition choice, the size bound and the per-partition order are aiokafka's: the same
     partitioner, the same ``max_request_size`` check, one batch per partition at a time
-    in its accumulator (a full one waits for the previous to be drained)."""
+    in its accumulator.
 
-    __slots__ = ("_by_key", "_by_partition", "_max_request_size", "_partitioner", "client")
+    ``produce`` never waits on Kafka. aiokafka's ``send_batch`` waits while its
+    accumulator still holds an undrained batch of that partition, and looks metadata up
+    for a topic it does not know: while the broker is unreachable, that is up to
+    ``request_timeout_ms`` per call, and the caller (the WebSocket reader) would stop
+    reading, its heartbeat replies unread, until the exchange connection is declared
+    dead. So a record that cannot be placed at once joins a backlog, in order, and one
+    pump task hands the backlog to aiokafka with those waits; while the backlog is not
+    empty every record joins it (per-partition order). Memory stays bounded by the
+    sink's in-flight slots, which every record here holds."""
+
+    __slots__ = (
+        "_backlog",
+        "_batches",
+        "_by_key",
+        "_by_partition",
+        "_max_request_size",
+        "_partitioner",
+        "_pump",
+        "client",
+    )
 
     def __init__(
         self, client: AIOKafkaProducer, partitioner: KeyPartitioner, max_request_size: int
@@ -177,34 +216,57 @@ class AioProducer:
         self._max_request_size = max_request_size
         self._by_key: dict[tuple[str, bytes], _OpenBatch] = {}  # the batch a key used last
         self._by_partition: dict[tuple[str, int], _OpenBatch] = {}
+        self._backlog: deque[tuple[str, bytes, bytes, Headers, Delivery]] = deque()
+        self._pump: asyncio.Task[None] | None = None
+        # aiokafka's undrained batches per partition (its accumulator's own map): where
+        # one is pending, send_batch would wait. Without it (another aiokafka), every new
+        # batch goes through the pump, which may wait.
+        self._batches: dict[Any, Any] | None = getattr(
+            getattr(client, "_message_accumulator", None), "_batches", None
+        )
 
     async def start(self) -> None:
         await self.client.start()
 
     async def stop(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            await asyncio.gather(self._pump, return_exceptions=True)
+        self._fail_backlog(asyncio.CancelledError())
         await self.client.stop()
 
     async def produce(
         self, topic: str, value: bytes, key: bytes, headers: Headers, on_done: Delivery
     ) -> None:
-        batch = self._by_key.get((topic, key))
-        if (
-            batch is not None
-            and batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
-            is not None
-        ):
-            batch.callbacks.append(on_done)
-            return
-        await self._produce_new(topic, value, key, headers, on_done)
+        if self._pump is None:  # else the record queues behind those the pump holds
+            batch = self._by_key.get((topic, key))
+            if (
+                batch is not None
+                and batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+                is not None
+            ):
+                batch.callbacks.append(on_done)
+                return
+            placed = self._place_now(topic, value, key, headers, on_done)
+            if placed is True:
+                return
+            if placed is not False:
+                # Nothing of this partition is undrained and its metadata is known:
+                # send_batch returns without waiting. A failure is this record's to raise.
+                await self._hand_over(*placed, own=on_done)
+                return
+        self._backlog.append((topic, value, key, headers, on_done))
+        if self._pump is None:
+            self._pump = asyncio.create_task(self._drain_backlog(), name="producer-backlog")
 
-    async def _produce_new(
-        self, topic: str, value: bytes, key: bytes, headers: Headers, on_done: Delivery
-    ) -> None:
-        """The key's batch is closed (drained, full, failed) or it has none: look its
-        partition up again (the metadata may have changed), then join that partition's
-        open batch or start one."""
-        partitions = list(await self.client.partitions_for(topic))
-        tp = (topic, self._partitioner(key, partitions, partitions))
+    def _partition_of(self, topic: str, key: bytes, partitions: Any) -> tuple[str, int]:
+        candidates = list(partitions)
+        return (topic, self._partitioner(key, candidates, candidates))
+
+    def _join_partition(
+        self, tp: tuple[str, int], value: bytes, key: bytes, headers: Headers, on_done: Delivery
+    ) -> bool:
+        """Appends the record to its partition's open batch, if it has room."""
         batch = self._by_partition.get(tp)
         if (
             batch is not None
@@ -212,8 +274,13 @@ class AioProducer:
             is not None
         ):
             batch.callbacks.append(on_done)
-            self._by_key[topic, key] = batch
-            return
+            self._by_key[tp[0], key] = batch
+            return True
+        return False
+
+    def _open_batch(
+        self, tp: tuple[str, int], value: bytes, key: bytes, headers: Headers, on_done: Delivery
+    ) -> _OpenBatch:
         size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, headers)
         if size > self._max_request_size:
             raise MessageSizeTooLargeError(
@@ -225,24 +292,112 @@ class AioProducer:
         # A fresh builder takes its first record whatever its size.
         batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
         batch.callbacks.append(on_done)
-        # Records arriving while send_batch waits (a full batch of this partition not yet
-        # drained) join this one, behind this record.
-        self._by_partition[tp] = self._by_key[topic, key] = batch
+        # Records arriving while send_batch waits join this one, behind this record.
+        self._by_partition[tp] = self._by_key[tp[0], key] = batch
+        return batch
+
+    def _place_now(
+        self, topic: str, value: bytes, key: bytes, headers: Headers, on_done: Delivery
+    ) -> bool | tuple[tuple[str, int], _OpenBatch]:
+        """Without waiting: True if the record joined its partition's open batch; a new
+        batch (to hand over) if aiokafka takes one for that partition at once; False if
+        placing it must wait (metadata to fetch, or an undrained batch ahead of it)."""
+        partitions = self.client.client.cluster.partitions_for_topic(topic)
+        if partitions is None:
+            return False
+        tp = self._partition_of(topic, key, partitions)
+        if self._join_partition(tp, value, key, headers, on_done):
+            return True
+        if self._batches is None or self._batches.get(TopicPartition(*tp)):
+            return False
+        return tp, self._open_batch(tp, value, key, headers, on_done)
+
+    async def _drain_backlog(self) -> None:
         try:
-            fut = await self.client.send_batch(batch.builder, topic, partition=tp[1])
+            while self._backlog:
+                topic, value, key, headers, on_done = self._backlog.popleft()
+                try:
+                    failure = await self._produce_waiting(topic, value, key, headers, on_done)
+                except KafkaError as exc:  # before the record joined a batch
+                    on_done(exc)
+                    failure = exc
+                if failure is not None and _retriable(failure):
+                    # The rest would wait as long again, one after another: they fail
+                    # together now, and the sink resends them all in order.
+                    self._fail_backlog(failure)
+        finally:
+            self._pump = None
+
+    def _fail_backlog(self, exc: BaseException) -> None:
+        failed = [entry[4] for entry in self._backlog]
+        self._backlog.clear()
+        if failed:
+            asyncio.get_running_loop().call_soon(_settle_all, failed, exc)
+
+    async def _produce_waiting(
+        self, topic: str, value: bytes, key: bytes, headers: Headers, on_done: Delivery
+    ) -> Exception | None:
+        """The pump's way of placing a record: may wait for metadata and for aiokafka to
+        take a new batch. Returns the failure its batch got, if any."""
+        batch = self._by_key.get((topic, key))
+        if (
+            batch is not None
+            and batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+            is not None
+        ):
+            batch.callbacks.append(on_done)
+            return None
+        # The key's batch is closed (drained, full, failed) or it has none: look its
+        # partition up again (the metadata may have changed).
+        try:
+            partitions = await self.client.partitions_for(topic)
+        except asyncio.CancelledError:
+            on_done(asyncio.CancelledError())  # stopping: the sink has spooled it
+            raise
+        tp = self._partition_of(topic, key, partitions)
+        if self._join_partition(tp, value, key, headers, on_done):
+            return None
+        return await self._hand_over(tp, self._open_batch(tp, value, key, headers, on_done))
+
+    async def _hand_over(
+        self, tp: tuple[str, int], batch: _OpenBatch, own: Delivery | None = None
+    ) -> Exception | None:
+        """``send_batch``; its failure goes to every record of the batch as a delivery
+        report through the loop (never inside a record's own produce), except to ``own``,
+        the record whose caller awaits this: raised to it."""
+        try:
+            fut = await self.client.send_batch(batch.builder, tp[0], partition=tp[1])
         except BaseException as exc:
             batch.builder.close()
             if self._by_partition.get(tp) is batch:
                 del self._by_partition[tp]
-            # This record's failure is raised; those that joined it meanwhile get theirs
-            # through the loop, as a delivery report (never inside their own produce).
-            others = batch.callbacks[1:]
+            others = [cb for cb in batch.callbacks if cb is not own]
             batch.callbacks.clear()
+            failure = exc if isinstance(exc, Exception) else asyncio.CancelledError()
             if others:
-                failure = exc if isinstance(exc, Exception) else asyncio.CancelledError()
                 asyncio.get_running_loop().call_soon(_settle_all, others, failure)
-            raise
-        fut.add_done_callback(partial(_settle, batch))
+            if own is not None or not isinstance(exc, Exception):
+                raise
+            return exc
+        fut.add_done_callback(partial(self._settled, tp, batch))
+        return None
+
+    def _settled(self, tp: tuple[str, int], batch: _OpenBatch, fut: asyncio.Future[Any]) -> None:
+        _settle(batch, fut)
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None and _retriable(exc):
+            self._fail_after(tp, exc)
+
+    def _fail_after(self, tp: tuple[str, int], exc: BaseException) -> None:
+        """A batch of ``tp`` failed (aiokafka expires one after request_timeout_ms without
+        idempotence): its partition's later batches, which aiokafka would send next and
+        which could be acknowledged before the failed one is resent, fail with it, and
+        so does the backlog. The sink resends them all in their original order."""
+        if self._batches is not None:
+            for later in self._batches.pop(TopicPartition(*tp), ()):
+                later.drain_ready()
+                later.failure(exception=exc)
+        self._fail_backlog(exc)
 
 
 class _Settled:
@@ -303,7 +458,9 @@ class KafkaSink:
         self._lock_fd: int | None = None
         self._spool: Spool | None = None
         if settings.spool_dir is not None:
-            self._spool = self._open_spool(settings)
+            self._spool = self._open_spool(settings, settings.spool_dir)
+        elif settings.spool:
+            self._spool = self._open_default_spool(settings)
         self._producer: AioProducer | RdKafkaProducer
         if settings.kafka_client == "librdkafka":
             from connector.rdkafka import RdKafkaProducer, rdkafka_config
@@ -358,14 +515,18 @@ class KafkaSink:
         self.topic_creator: Callable[[list[str]], Awaitable[list[str]]] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
+        self._abandoned = False
         self.delivered = 0
         self.failed = 0
         self.spooled = 0
+        self._replayed = 0
+        self._last_ack = time.monotonic()
         self._routes_by_topic: dict[str, RouteMetrics] = {}
         self._replay_route = metrics.route("spool", "replay", "")
         self._spooling = False
         self._spool_space = asyncio.Event()
         self._replay_wanted = asyncio.Event()
+        self._replay_holding = 0  # read from the spool, not yet accepted (waiting for slots)
         self._write_ahead = settings.spool_write_ahead and self._spool is not None
         if self._spool is not None and self._spool.has_unread():
             self._spooling = True  # replay what an earlier run left before anything new
@@ -376,9 +537,35 @@ class KafkaSink:
                 self._spool.bytes,
             )
 
-    def _open_spool(self, settings: Settings) -> Spool:
-        assert settings.spool_dir is not None
-        directory = settings.spool_dir
+    def _open_default_spool(self, settings: Settings) -> Spool | None:
+        """The spool in its default place, or in the first free sibling (another
+        connector on this machine holds it); None, with a warning, if none can be used."""
+        base = default_spool_base()
+        reasons = []
+        for slot in range(DEFAULT_SPOOL_SLOTS):
+            directory = base / ("spool" if slot == 0 else f"spool-{slot}")
+            try:
+                spool = self._open_spool(settings, directory)
+            except SpoolInUse as exc:
+                reasons.append(str(exc))
+                continue
+            except ConfigError as exc:
+                reasons.append(str(exc))
+                break
+            log.info(
+                "spool at %s: what Kafka has not taken past kafka_max_in_flight records goes "
+                "there (CONNECTOR_SPOOL_DIR sets the place, CONNECTOR_SPOOL=false turns it off)",
+                directory,
+            )
+            return spool
+        log.warning(
+            "no spool (%s): once kafka_max_in_flight records are unacknowledged, reading "
+            "waits for Kafka; set CONNECTOR_SPOOL_DIR to a writable directory",
+            "; ".join(reasons),
+        )
+        return None
+
+    def _open_spool(self, settings: Settings, directory: Path) -> Spool:
         try:
             directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(directory / "spool.lock", os.O_CREAT | os.O_RDWR, 0o644)
@@ -388,7 +575,7 @@ class KafkaSink:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise ConfigError(
+            raise SpoolInUse(
                 f"spool_dir (CONNECTOR_SPOOL_DIR) {directory} is in use by another connector "
                 "process; give each process its own directory"
             ) from None
@@ -433,6 +620,8 @@ class KafkaSink:
         undelivered = self._pending
         if not delivered and undelivered and self._spool is not None:
             undelivered -= self._spool_leftovers()
+        # Outcomes reported while the producer stops change nothing now.
+        self._abandoned = True
         if not delivered and undelivered:
             log.error(
                 "shutdown deadline of %.1fs passed with %d record(s) unacknowledged by Kafka; "
@@ -496,7 +685,9 @@ class KafkaSink:
             async with asyncio.timeout(deadline_s):
                 while True:
                     await self._idle.wait()
-                    if self._spool is None or not self._spool.has_unread():
+                    if self._spool is None or not (
+                        self._spool.has_unread() or self._replay_holding
+                    ):
                         return True
                     self._replay_wanted.set()
                     await asyncio.sleep(0.01)
@@ -555,22 +746,12 @@ class KafkaSink:
                 await self._slots.acquire()  # free: checked, and nothing ran since
                 await self._accept(topic, key, value, headers, route, receive_ts, spool_pos=pos)
             return
-        if self._spool is None or not (self._spooling or self._slots.locked()):
-            await self._slots.acquire()  # the common case: a slot is free
-        else:
-            # Saturated: wait for a slot, but spill to disk as soon as Kafka is known to be
-            # failing (retry mode may begin while we wait).
-            while True:
-                if self._spooling or (self._retrying and self._slots.locked()):
-                    await self._to_spool(
-                        SpooledRecord(topic, key, value, tuple(headers), receive_ts)
-                    )
-                    return
-                try:
-                    await asyncio.wait_for(self._slots.acquire(), 0.25)
-                    break
-                except TimeoutError:
-                    continue
+        if self._spool is not None and (self._spooling or self._slots.locked()):
+            # The memory buffer (kafka_max_in_flight records unacknowledged) is full, or
+            # older records wait on disk: this one goes to disk too, and reading goes on.
+            await self._to_spool(SpooledRecord(topic, key, value, tuple(headers), receive_ts))
+            return
+        await self._slots.acquire()  # without a spool, a full buffer holds the reader
         await self._accept(topic, key, value, headers, route, receive_ts)
 
     async def _accept(
@@ -630,7 +811,12 @@ class KafkaSink:
         if not self._spooling:
             self._spooling = True
             if not self._write_ahead:
-                log.warning("Kafka is not taking records: spooling to %s", self._spool.dir)
+                log.warning(
+                    "%d record(s) unacknowledged by Kafka (kafka_max_in_flight): newer ones "
+                    "go to the spool %s until Kafka has taken them",
+                    self._pending,
+                    self._spool.dir,
+                )
         while True:
             try:
                 self._spool.append(rec)
@@ -668,8 +854,10 @@ class KafkaSink:
             await self._replay_wanted.wait()
             await self._not_retrying.wait()  # the retry queue is older than the spool
             batch = list(spool.read(500))
+            self._replay_holding = len(batch)
             for pos, srec in batch:
                 await self._slots.acquire()
+                self._replay_holding -= 1
                 route = self._routes_by_topic.get(srec.topic, self._replay_route)
                 await self._accept(
                     srec.topic,
@@ -708,6 +896,8 @@ class KafkaSink:
         self._settled.clear()
 
     def _on_done(self, rec: _Record, exc: BaseException | None) -> None:
+        if self._abandoned:
+            return  # after close kept what was unacknowledged in the spool
         self._submitted -= 1
         if self._submitted == 0:
             self._settled.set()
@@ -718,9 +908,11 @@ class KafkaSink:
                 assert self._spool is not None
                 self._spool.ack(rec.spool_pos)
                 self._metrics.replayed.inc()
+                self._replayed += 1
             if rec.receive_ts:
                 self._metrics.ack_latency.observe(max(0.0, time.time() - rec.receive_ts))
-            self._metrics.produce_latency.observe(time.monotonic() - rec.sent_at)
+            self._last_ack = now = time.monotonic()
+            self._metrics.produce_latency.observe(now - rec.sent_at)
             self._finish(rec)
             return
         self._failed(rec, exc)
@@ -826,21 +1018,55 @@ class KafkaSink:
             self._spool.save_watermark()
 
     async def _watchdog(self) -> None:
-        limit = self._settings.kafka_send_timeout_s
-        last_report = 0.0
+        """One log line per state change of Kafka's availability, not one per client
+        retry: unreachable (nothing acknowledged for kafka_send_timeout_s while records wait,
+        or ordered retries under way), every OUTAGE_NOTE_S while it lasts, restored."""
+        after = self._settings.kafka_send_timeout_s
+        down_at = 0.0  # monotonic; 0 while Kafka takes records
+        next_note = 0.0
+        delivered_before = replayed_before = 0
         while True:
-            await asyncio.sleep(min(limit, 5.0))
-            oldest = next(iter(self._unacked.values()), None)
+            await asyncio.sleep(1.0)
             now = time.monotonic()
-            if (
+            oldest = next(iter(self._unacked.values()), None)
+            waiting = (
                 oldest is not None
-                and now - oldest.first_sent > limit
-                and now - last_report >= limit
-            ):
-                last_report = now
-                log.error(
-                    "%d record(s) unacknowledged, the oldest for over %.0fs: Kafka is not "
-                    "accepting writes (still retrying)",
-                    self._pending,
-                    limit,
+                and now - oldest.first_sent > after
+                and now - self._last_ack > after
+            )
+            if not down_at:
+                if waiting or self._retrying:
+                    down_at = min(now, oldest.first_sent) if oldest is not None else now
+                    next_note = down_at + OUTAGE_NOTE_S
+                    delivered_before, replayed_before = self.delivered, self._replayed
+                    since = time.strftime(
+                        "%H:%M:%S", time.gmtime(time.time() - (now - down_at))
+                    )
+                    log.warning(
+                        "Kafka unreachable since %s UTC (%s): %s; reading goes on",
+                        since,
+                        self._last_error or f"nothing acknowledged for {after:.0f}s",
+                        self._held(),
+                    )
+            elif not waiting and not self._retrying:
+                log.info(
+                    "Kafka restored after %.0fs: %d record(s) delivered since, %d of them "
+                    "replayed from the spool; %s",
+                    now - down_at,
+                    self.delivered - delivered_before,
+                    self._replayed - replayed_before,
+                    self._held(),
                 )
+                down_at = 0.0
+            elif now >= next_note:
+                next_note += OUTAGE_NOTE_S
+                log.warning(
+                    "Kafka still unreachable after %.0fs (%s): %s",
+                    now - down_at,
+                    self._last_error or "no acknowledgement",
+                    self._held(),
+                )
+
+    def _held(self) -> str:
+        spooled = "" if self._spool is None else f", {self._spool.records} in the spool"
+        return f"{self._pending} record(s) held in memory{spooled}"

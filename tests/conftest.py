@@ -81,6 +81,13 @@ def broker() -> Iterator[Broker]:
         embedded.stop()
 
 
+@pytest.fixture(autouse=True)
+def own_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's connectors keep their default spool apart (XDG_STATE_HOME, inherited
+    by the processes they start): records one test leaves are never replayed by another."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))
+
+
 @pytest.fixture
 def topic_prefix() -> str:
     """A unique prefix so tests sharing one broker never see each other's topics."""
