@@ -43,8 +43,10 @@ T = TypeVar("T")
 async def _until_kafka_answers(
     what: str, op: Callable[[], Awaitable[T]], settings: Settings, stop: asyncio.Event
 ) -> T | None:
-    """Retries a start-up step while Kafka is unreachable; None if stopped meanwhile."""
+    """Retries a start-up step while Kafka is unreachable; None if stopped meanwhile.
+    An error is logged in full once; the same error again, in one short line."""
     attempt = 0
+    said = ""
     while True:
         try:
             return await op()
@@ -53,7 +55,18 @@ async def _until_kafka_answers(
                 raise
             delay = backoff_delay(attempt, 1.0, settings.reconnect_backoff_max_s)
             attempt += 1
-            log.error("%s failed (attempt %d): %s; retrying in %.1fs", what, attempt, exc, delay)
+            if str(exc) == said:
+                log.error(
+                    "%s failed again (attempt %d, the same error); retrying in %.1fs",
+                    what,
+                    attempt,
+                    delay,
+                )
+            else:
+                said = str(exc)
+                log.error(
+                    "%s failed (attempt %d): %s; retrying in %.1fs", what, attempt, exc, delay
+                )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
         if stop.is_set():

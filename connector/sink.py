@@ -56,7 +56,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError, MessageSizeTooLargeError, UnknownTopicOrPartitionError
+from aiokafka.errors import (
+    BrokerResponseError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    UnknownTopicOrPartitionError,
+)
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
@@ -596,6 +601,17 @@ class KafkaSink:
         except (KafkaError, OSError, TimeoutError) as exc:
             await self._stop_producer()
             self._release_spool()  # a retry builds a new sink, which takes the lock again
+            if self._settings.idempotence and isinstance(exc, BrokerResponseError):
+                # The broker answered, and refused: InitProducerId (an idempotent
+                # producer's first request) is what a connected start adds.
+                raise DeliveryError(
+                    f"the Kafka broker refused an idempotent producer (InitProducerId "
+                    f"answered {exc!r}): it may not support idempotence (Tansu, some "
+                    "Kafka-compatible brokers) or the principal lacks the IDEMPOTENT_WRITE "
+                    "permission; set CONNECTOR_KAFKA_ENABLE_IDEMPOTENCE=false to produce "
+                    "without it (per-market order still holds: ordered retries)",
+                    retriable=True,
+                ) from exc
             raise DeliveryError(
                 f"cannot connect the Kafka producer: {exc!r}", retriable=True
             ) from exc
@@ -1039,9 +1055,7 @@ class KafkaSink:
                     down_at = min(now, oldest.first_sent) if oldest is not None else now
                     next_note = down_at + OUTAGE_NOTE_S
                     delivered_before, replayed_before = self.delivered, self._replayed
-                    since = time.strftime(
-                        "%H:%M:%S", time.gmtime(time.time() - (now - down_at))
-                    )
+                    since = time.strftime("%H:%M:%S", time.gmtime(time.time() - (now - down_at)))
                     log.warning(
                         "Kafka unreachable since %s UTC (%s): %s; reading goes on",
                         since,

@@ -82,7 +82,9 @@ def broker() -> Iterator[Broker]:
 
 
 @pytest.fixture(autouse=True)
-def own_state_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def own_state_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Each test's connectors keep their default spool apart (XDG_STATE_HOME, inherited
     by the processes they start): records one test leaves are never replayed by another."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("state")))

@@ -161,3 +161,41 @@ async def drained(conn: Running) -> bool:
         metric_value(text, name) in (None, 0.0)
         for name in ("connector_kafka_in_flight_records ", "connector_spool_records ")
     )
+
+
+async def test_a_broker_refusing_idempotent_producers_is_named_once_with_the_fix(
+    tmp_path: Path,
+) -> None:
+    """Tansu (like some Kafka-compatible brokers) answers InitProducerId with an error. An
+    external broker means idempotence on by default: the connector says what failed and
+    which setting fixes it, once, and keeps retrying."""
+    embedded = EmbeddedBroker()
+    embedded.start()
+    sim = Simulator(markets=("btcusd",), rate=1)
+    await sim.start()
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": embedded.bootstrap,  # idempotence: the default (on)
+        "BITSTAMP_WS_URL": sim.ws_url,
+        "BITSTAMP_REST_URL": sim.rest_url,
+        "CONNECTOR_MARKETS": "btcusd",
+        "CONNECTOR_CHANNELS": "live_trades",
+        "CONNECTOR_RECONNECT_BACKOFF_MAX_S": "1",
+    }
+    try:
+        async with connector_process(env, tmp_path) as conn:
+            async with asyncio.timeout(30):
+                while conn.log().count("connecting the producer failed again") < 2:
+                    assert conn.proc.returncode is None, conn.log()[-2000:]
+                    await asyncio.sleep(0.2)
+            async with httpx.AsyncClient() as client:
+                ready = await client.get(f"http://127.0.0.1:{conn.http_port}/readyz", timeout=5)
+            assert conn.proc.returncode is None  # still retrying
+            assert await conn.stop() == 0
+            log = conn.log()
+    finally:
+        await sim.stop()
+        embedded.stop()
+    assert ready.status_code == 503
+    assert log.count("CONNECTOR_KAFKA_ENABLE_IDEMPOTENCE=false") == 1, log[-3000:]
+    assert "the Kafka broker refused an idempotent producer (InitProducerId answered" in log
+    print([line for line in log.splitlines() if "producer" in line and "failed" in line][:3])
