@@ -249,12 +249,30 @@ class Gaps:
             await asyncio.sleep(0.02)
 
     async def _publish_backfill(self, sub: SubState, trades: list[Trade]) -> int:
-        """Publishes backfilled trades not yet published (oldest first); their count."""
+        """Publishes backfilled trades (oldest first) that were neither published nor
+        received live; their count. A trade held live (it arrived while the backfill was
+        fetched) is published from its live frame, with its exact texts, when the hold is
+        released: its REST copy is not used. A REST trade newer than the first held live
+        one (ids that are numbers) joins the hold at its place, so the topic stays in
+        trade order."""
+        key = self.trade_key(sub.channel, sub.market)
+        live_ids = {e.trade_id for e, _ in sub.held if isinstance(e, Trade)}
+        first_live = min((int(i) for i in live_ids if i.isdigit()), default=None)
         published = 0
         for trade in trades:
-            if self._recent.add(self.trade_key(sub.channel, trade.market), trade.trade_id):
-                await self._publisher.publish(trade, time.time())
+            if trade.trade_id in live_ids or self._recent.seen(key, trade.trade_id):
+                continue
+            if (
+                first_live is not None
+                and trade.trade_id.isdigit()
+                and int(trade.trade_id) > first_live
+            ):
+                _hold_in_order(sub, trade)
                 published += 1
+                continue
+            self._recent.add(key, trade.trade_id)
+            await self._publisher.publish(trade, time.time())
+            published += 1
         self._metrics.backfilled.labels(self.exchange).inc(published)
         return published
 
@@ -392,3 +410,14 @@ def _older_than(snapshot: BookDelta, event: MarketEvent) -> bool:
     if snapshot.exchange_sequence is not None and event.exchange_sequence is not None:
         return event.exchange_sequence <= snapshot.exchange_sequence
     return event.exchange_ts_us <= snapshot.exchange_ts_us
+
+
+def _hold_in_order(sub: SubState, trade: Trade) -> None:
+    """Puts a backfilled trade among the held live ones, before the first with a larger
+    id (the release publishes the hold in order)."""
+    tid = int(trade.trade_id)
+    for i, (event, _) in enumerate(sub.held):
+        if isinstance(event, Trade) and event.trade_id.isdigit() and int(event.trade_id) > tid:
+            sub.held.insert(i, (trade, time.time()))
+            return
+    sub.held.append((trade, time.time()))

@@ -88,8 +88,12 @@ class _Gen:
     event_id: int = 0
     open_orders: deque[tuple[int, int, str, str]] = field(default_factory=lambda: deque(maxlen=200))
     trades: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=5000))
+    anchor: Decimal = Decimal(0)  # where the diff book's price slots are
     books: dict[tuple[int, bool], list[list[str]]] = field(default_factory=dict)
     book_events: int = 0
+    # The book diff_order_book changes and the REST order book shows: price → amount per
+    # side, on fixed price slots around where it started (so at most ``n`` levels a side).
+    diff_book: tuple[dict[str, str], dict[str, str]] | None = None
 
     @property
     def perp(self) -> bool:
@@ -99,10 +103,11 @@ class _Gen:
         drift = Decimal(self.rng.randint(-20, 20)) / Decimal(10000)
         self.mid = max(Decimal("0.0001"), self.mid * (1 + drift / 10))
 
-    def price(self, offset_ticks: int = 0) -> str:
-        places = 2 if self.mid > 10 else 5
+    def price(self, offset_ticks: int = 0, *, anchor: bool = False) -> str:
+        base = self.anchor if anchor else self.mid
+        places = 2 if base > 10 else 5
         tick = Decimal(1).scaleb(-places)
-        return _q(self.mid + tick * offset_ticks, places)
+        return _q(base + tick * offset_ticks, places)
 
     def amount(self) -> str:
         return _q(Decimal(self.rng.randint(1, 5_000_000)) / Decimal(10**6), 8)
@@ -125,6 +130,40 @@ class _Gen:
                     lvl[2] = str(self.order_id)
         self.book_events += 1
         return [list(lvl) for lvl in levels] if keep else levels
+
+    def diff_levels(self, n: int) -> tuple[list[list[str]], list[list[str]]]:
+        """One diff_order_book change of the market's book (applied to it): 1-5 levels a
+        side set to a new amount, or deleted (amount ``0.00000000``, as Bitstamp spells
+        it) now and then."""
+        book = self.rest_book_state(n)
+        out: tuple[list[list[str]], list[list[str]]] = ([], [])
+        for side in (0, 1):
+            for _ in range(self.rng.randint(1, 5)):
+                price = self.price((-1 if side == 0 else 1) * self.rng.randint(1, n), anchor=True)
+                if price in book[side] and self.rng.random() < 0.15:
+                    amount = "0.00000000"
+                    del book[side][price]
+                else:
+                    amount = book[side][price] = self.amount()
+                out[side].append([price, amount])
+        return out
+
+    def rest_book_state(self, n: int) -> tuple[dict[str, str], dict[str, str]]:
+        if self.diff_book is None:
+            self.anchor = self.mid
+            self.diff_book = (
+                {self.price(-i, anchor=True): self.amount() for i in range(1, n + 1)},
+                {self.price(i, anchor=True): self.amount() for i in range(1, n + 1)},
+            )
+        return self.diff_book
+
+    def rest_book(self, n: int) -> tuple[list[list[str]], list[list[str]]]:
+        """The order book as REST shows it now: every level of the diff book, best first."""
+        bids, asks = self.rest_book_state(n)
+        return (
+            [[p, a] for p, a in sorted(bids.items(), key=lambda kv: Decimal(kv[0]), reverse=True)],
+            [[p, a] for p, a in sorted(asks.items(), key=lambda kv: Decimal(kv[0]))],
+        )
 
     def levels(self, side: int, n: int, with_ids: bool) -> list[list[str]]:
         out = []
@@ -172,6 +211,7 @@ class Simulator:
         # A slow server: heartbeat replies come this late (data keeps flowing meanwhile).
         self.heartbeat_reply_delay = heartbeat_reply_delay
         self.unsent_trades: dict[str, list[str]] = defaultdict(list)  # ids never sent
+        self.rest_delay = 0.0  # seconds /transactions/ takes to answer (a fault)
         self.refuse: list[int] = []  # HTTP statuses for the next handshakes
         self.handshakes_refused = 0
         self._stalled: set[ServerConnection] = set()
@@ -433,10 +473,7 @@ class Simulator:
             }
             return {"data": data, "channel": name, "event": "data"}
         if channel == "diff_order_book":
-            bids = g.levels(0, g.rng.randint(1, 5), False)
-            asks = g.levels(1, g.rng.randint(1, 5), False)
-            if g.rng.random() < 0.3:
-                bids[0][1] = "0.00000000"  # a deleted level, as Bitstamp spells it
+            bids, asks = g.diff_levels(self.book_depth)
             data = {
                 "timestamp": str(now_us // 10**6),
                 "microtimestamp": str(now_us),
@@ -756,6 +793,8 @@ class Simulator:
             }
         gen = self._gen(m.group(1))
         if path.startswith("/api/v2/transactions/"):
+            # A slow answer: live trades of a resubscribed market arrive meanwhile.
+            await asyncio.sleep(self.rest_delay)
             span = {"minute": 60, "hour": 3600, "day": 86400}.get(query.get("time", ["hour"])[0])
             if span is None:
                 return HTTPStatus.BAD_REQUEST, {
@@ -766,11 +805,12 @@ class Simulator:
             since = int(time.time()) - span
             return HTTPStatus.OK, [t for t in reversed(gen.trades) if int(t["date"]) >= since]
         now_us = time.time_ns() // 1000
+        bids, asks = gen.rest_book(self.book_depth)
         return HTTPStatus.OK, {
             "timestamp": str(now_us // 10**6),
             "microtimestamp": str(now_us),
-            "bids": gen.levels(0, self.book_depth, False),
-            "asks": gen.levels(1, self.book_depth, False),
+            "bids": bids,
+            "asks": asks,
         }
 
     def _token(self, headers: dict[str, str], query: str, payload: bytes) -> tuple[HTTPStatus, Any]:

@@ -135,7 +135,7 @@ async def test_simulate_cli_speaks_bitstamp_v2_and_serves_rest() -> None:
             trades = (await client.get("/api/v2/transactions/btcusd-perp/?time=minute")).json()
             assert trades and {"tid", "date", "price", "amount", "type"} <= set(trades[0])
             book = (await client.get("/api/v2/order_book/btcusd/?group=1")).json()
-            assert len(book["bids"]) == 100 and "microtimestamp" in book
+            assert 0 < len(book["bids"]) <= 100 and "microtimestamp" in book
             missing = await client.get("/api/v2/order_book/nosuch/")
             assert missing.status_code == 404 and missing.json()["status"] == "error"
     finally:

@@ -131,7 +131,7 @@ def check_everything_delivered(
             _, _, schema, snapshot = got[at]
             assert schema == "connector.BookDelta"
             assert snapshot["sequence"] == 0
-            assert len(snapshot["bids"]) == 100 and len(snapshot["asks"]) == 100
+            assert 0 < len(snapshot["bids"]) <= 100 and 0 < len(snapshot["asks"]) <= 100
             cutoff = snapshot["exchange_ts_us"]
             assert all(r["exchange_ts_us"] <= cutoff for _, _, _, r in got[:at])
             assert all(r["exchange_ts_us"] > cutoff for _, _, _, r in got[at + 1 :])
