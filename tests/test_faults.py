@@ -1,7 +1,8 @@
 """The README's exchange-side fault scenarios, proved per frame on a real broker.
 
 For each fault (an abrupt TCP drop, a half-open stall caught by the heartbeat deadline, a
-clean close, ``bts:request_reconnect`` handed over make-before-break), with three markets
+clean close, ``bts:request_reconnect`` handed over make-before-break, a feed gone silent
+and resubscribed alone), with three markets
 and five channels at ~200 frames/s:
 - every frame the simulated exchange wrote to a subscribed connection is in Kafka with
   its exact texts, once, in order (a live trade never replaced by its REST copy, a diff
@@ -91,7 +92,7 @@ def check(sim: Simulator, consumed: Consumed, prefix: str) -> dict[str, int]:
     return report
 
 
-@pytest.mark.parametrize("fault", ["drop", "stall", "close", "request_reconnect"])
+@pytest.mark.parametrize("fault", ["drop", "stall", "close", "request_reconnect", "stale"])
 async def test_every_frame_received_is_in_kafka_exact_through_a_fault(
     broker: Broker, topic_prefix: str, tmp_path: Path, fault: str
 ) -> None:
@@ -117,6 +118,7 @@ async def test_every_frame_received_is_in_kafka_exact_through_a_fault(
         "CONNECTOR_RECONNECT_BACKOFF_MAX_S": "1",
         "CONNECTOR_HEARTBEAT_INTERVAL_S": "1",
         "CONNECTOR_HEARTBEAT_TIMEOUT_S": "1",
+        "CONNECTOR_STALE_AFTER_S": '{"diff_order_book": 2}',
     }
     published = 'connector_events_published_total{channel="live_trades"'
     try:
@@ -130,21 +132,28 @@ async def test_every_frame_received_is_in_kafka_exact_through_a_fault(
                 await sim.fault("drop")
             elif fault == "request_reconnect":
                 await sim.fault("request_reconnect", close_after=5)
+            elif fault == "stale":  # one feed goes silent; resubscribed alone, it resumes
+                await sim.fault("mute", channel="diff_order_book_ethusd")
             else:
                 await sim.fault(fault)
             async with asyncio.timeout(90):
                 while sum(sim.sent.values()) < PER_SUB * len(SUBSCRIPTIONS):
                     await asyncio.sleep(0.5)
-            consumed = await consume_until(
-                broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=4
-            )
+            await asyncio.sleep(1)  # the last frames' way to Kafka
             assert await conn.stop() == 0, conn.log()[-3000:]
+        consumed = await consume_until(broker.bootstrap, rf"^{topic_prefix}\..*", 10**9, idle_s=3)
     finally:
         await sim.stop()
     report = check(sim, consumed, topic_prefix)
     statuses = [r for _, _, _, r in consumed.by_topic.get(f"{topic_prefix}.bitstamp.status", [])]
     if fault == "request_reconnect":
         assert statuses == []  # make-before-break: no gap
+    elif fault == "stale":
+        # The muted feed first; once every stream has sent its last frame, silent feeds
+        # go stale too (diffs after 2 s here), each resubscribed and resynced.
+        got = [(s["channel"], s["market"], s["reason"]) for s in statuses]
+        assert got[0] == ("diff_order_book", "ethusd", "stale"), got
+        assert {r for _, _, r in got} == {"stale"}, got
     else:
         assert {s["channel"] for s in statuses} == set(CHANNELS)
     print(
