@@ -1,7 +1,8 @@
-"""Command line: ``connector run | tail | check-config | simulate``.
+"""Command line: ``connector run | tail | book | check-config | simulate``.
 
 Exit status: 0 success, 1 a runtime failure at start (broker, schemas), 2 invalid
-settings or arguments, 3 ``tail`` met undecodable values.
+settings or arguments, 3 ``tail`` or ``book`` met undecodable values, 4 ``book --once``
+saw no full book.
 """
 
 from __future__ import annotations
@@ -40,6 +41,22 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="stop after this many seconds without messages (0: never)",
+    )
+    b = sub.add_parser(
+        "book", help="rebuild a book topic by the consumer contract and print its top"
+    )
+    b.add_argument("topic", metavar="TOPIC", help="e.g. bitstamp.diff_order_book.btcusd")
+    b.add_argument("--depth", type=int, default=10, help="levels a side (with --once)")
+    b.add_argument(
+        "--once",
+        action="store_true",
+        help="read to the end, print the top levels as JSON and exit (else: follow)",
+    )
+    b.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=3.0,
+        help="with --once: the end is this many seconds without messages",
     )
     sub.add_parser("check-config", help="print the effective settings (secrets hidden)")
     s = sub.add_parser(
@@ -99,6 +116,19 @@ def main(argv: list[str] | None = None) -> int:
                     args.pattern,
                     from_beginning=args.from_beginning,
                     max_messages=args.max,
+                    idle_timeout_s=args.idle_timeout,
+                )
+            )
+        if args.command == "book":
+            from connector.tail import book
+
+            settings = _settings(args)
+            return asyncio.run(
+                book(
+                    settings,
+                    args.topic,
+                    depth=args.depth,
+                    once=args.once,
                     idle_timeout_s=args.idle_timeout,
                 )
             )

@@ -13,12 +13,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from connector.consumer import BookBuilder
 from connector.simulate import Simulator
 from connector.venues import SERVERS, Trade, VenueServer
 from tests.conftest import Broker
@@ -118,21 +118,12 @@ def made_ids(server: VenueServer, exchange: str, channel: str, market: str) -> l
 
 
 def rebuilt_book(recs: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:
-    """A consumer's book from a BookDelta topic: a resync record replaces it, a level with
-    amount 0 is deleted."""
-    bids: dict[str, str] = {}
-    asks: dict[str, str] = {}
+    """A consumer's book from a BookDelta topic, by the contract (``BookBuilder``)."""
+    builder = BookBuilder()
     for r in recs:
-        if r["resync"]:
-            bids.clear()
-            asks.clear()
-        for side, levels in ((bids, r["bids"]), (asks, r["asks"])):
-            for lv in levels:
-                if Decimal(lv["amount"]) == 0:
-                    side.pop(lv["price"], None)
-                else:
-                    side[lv["price"]] = lv["amount"]
-    return bids, asks
+        builder.apply(r)
+    assert builder.ready
+    return builder.bids, builder.asks
 
 
 def level_change(exchange: str, event: Any) -> tuple[str, str, str]:

@@ -8,18 +8,23 @@ and five channels at ~200 frames/s:
   its exact texts, once, in order (a live trade never replaced by its REST copy, a diff
   older than a resync snapshot never dropped);
 - every trade no connection received is backfilled from REST, in trade order;
-- the book rebuilt from the diff topic by the consumer contract equals the exchange's.
+- the book rebuilt from the diff topic by the consumer contract (``BookBuilder``, and the
+  ``connector book`` command) equals the exchange's.
 """
 
 from __future__ import annotations
 
 import asyncio
-from decimal import Decimal
+import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from connector.consumer import BookBuilder
+from connector.settings import INTERFACE_ENV_PREFIXES
 from connector.simulate import Simulator
 from tests.conftest import Broker
 from tests.harness import Consumed, connector_process, consume_until
@@ -37,26 +42,35 @@ PER_SUB = 300  # frames per subscription: ~20 s at 15/s
 BOOK_DEPTH = 20
 
 
-def rebuilt_book(records: list[dict[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:
-    """The contract: a resync replaces the book; a diff not newer than the last resync is
-    already in it (skipped); a level with amount zero is deleted, any other is set."""
-    bids: dict[str, str] = {}
-    asks: dict[str, str] = {}
-    resync_ts = -1
-    for r in records:
-        if r["resync"]:
-            bids.clear()
-            asks.clear()
-            resync_ts = r["exchange_ts_us"]
-        elif r["exchange_ts_us"] <= resync_ts:
-            continue
-        for side, levels in ((bids, r["bids"]), (asks, r["asks"])):
-            for lv in levels:
-                if Decimal(lv["amount"]) == 0:
-                    side.pop(lv["price"], None)
-                else:
-                    side[lv["price"]] = lv["amount"]
-    return bids, asks
+def exchange_book(sim: Simulator, market: str) -> tuple[list[tuple[str, str]], ...]:
+    bids, asks = sim._gen(market).rest_book(BOOK_DEPTH)
+    return [(p, a) for p, a in bids], [(p, a) for p, a in asks]
+
+
+async def connector_book(broker: Broker, topic: str) -> dict[str, Any]:
+    """``connector book TOPIC --once``: the book a consumer rebuilds, as the CLI prints it."""
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(INTERFACE_ENV_PREFIXES)},
+        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "connector.cli",
+        "book",
+        topic,
+        "--once",
+        "--depth",
+        str(BOOK_DEPTH),
+        "--idle-timeout",
+        "2",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    return json.loads(out.decode().splitlines()[-1])
 
 
 def check(sim: Simulator, consumed: Consumed, prefix: str) -> dict[str, int]:
@@ -71,10 +85,10 @@ def check(sim: Simulator, consumed: Consumed, prefix: str) -> dict[str, int]:
             resyncs = [r for r in records if r["resync"]]
             assert resyncs, topic
             report["resyncs"] += len(resyncs)
-            bids, asks = rebuilt_book(records)
-            want_bids, want_asks = sim._gen(market).rest_book(BOOK_DEPTH)
-            assert bids == dict(map(tuple, want_bids)), f"{topic}: bids differ"  # type: ignore[arg-type]
-            assert asks == dict(map(tuple, want_asks)), f"{topic}: asks differ"  # type: ignore[arg-type]
+            builder = BookBuilder()
+            for r in records:
+                builder.apply(r)
+            assert builder.top(BOOK_DEPTH) == exchange_book(sim, market), f"{topic}: books differ"
             records = [r for r in records if not r["resync"]]
         if channel == "live_trades":
             ids = [int(r["trade_id"]) for r in records]
@@ -145,6 +159,11 @@ async def test_every_frame_received_is_in_kafka_exact_through_a_fault(
     finally:
         await sim.stop()
     report = check(sim, consumed, topic_prefix)
+    # The CLI a consumer would run rebuilds the same book, level by level.
+    printed = await connector_book(broker, f"{topic_prefix}.bitstamp.diff_order_book.ethusd")
+    bids, asks = exchange_book(sim, "ethusd")
+    assert printed["ready"] and printed["bids"] == [list(lv) for lv in bids], printed
+    assert printed["asks"] == [list(lv) for lv in asks], printed
     statuses = [r for _, _, _, r in consumed.by_topic.get(f"{topic_prefix}.bitstamp.status", [])]
     if fault == "request_reconnect":
         assert statuses == []  # make-before-break: no gap
