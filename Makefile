@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test lint simulate bench docs clean
+.PHONY: install run demo test lint simulate bench docs clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ install: $(BIN)/.installed
 ## Run the connector against live Bitstamp on the embedded broker (Ctrl-C stops it).
 run: install
 	$(BIN)/connector run
+
+## Offline: a simulated Bitstamp, the connector on the embedded broker (port 9092), and a
+## tail of its trades as JSON lines; Ctrl-C stops all.
+demo: install
+	$(BIN)/connector demo
 
 ## A local Bitstamp-compatible server on ws://127.0.0.1:8765 (offline trials).
 simulate: install

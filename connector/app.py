@@ -21,7 +21,7 @@ from typing import TypeVar
 
 from connector.avro import AvroDecoder, load_schemas
 from connector.checkpoints import Checkpoint, from_spool, last_trades, latest
-from connector.embedded import EmbeddedBroker
+from connector.embedded import EmbeddedBroker, port_or_free
 from connector.errors import ConfigError, DeliveryError
 from connector.exchange import Adapter, adapter_for
 from connector.group import Membership, assignment_topic
@@ -99,12 +99,15 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> int:
                 ) from exc
         bootstrap = settings.kafka_bootstrap_servers
         if bootstrap is None:
-            broker = EmbeddedBroker(settings.embedded_broker_port)
+            broker = EmbeddedBroker(port_or_free(settings.embedded_broker_port))
             bootstrap = await broker.astart()
             log.info(
                 "KAFKA_BOOTSTRAP_SERVERS is unset: using the embedded broker at %s "
-                "(memory only, idempotence off)",
+                "(memory only, idempotence off); read it with: "
+                "KAFKA_BOOTSTRAP_SERVERS=%s connector tail '%s\\..*' --from-beginning",
                 bootstrap,
+                bootstrap,
+                settings.exchanges[0],
             )
         schemas = load_schemas(settings.schema_dir)
         kafka_client = client_options(settings)  # TLS files are read (and checked) here

@@ -1,4 +1,4 @@
-"""Command line: ``connector run | tail | book | check-config | simulate``.
+"""Command line: ``connector run | tail | book | demo | check-config | simulate``.
 
 Exit status: 0 success, 1 a runtime failure at start (broker, schemas), 2 invalid
 settings or arguments, 3 ``tail`` or ``book`` met undecodable values, 4 ``book --once``
@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
         default=3.0,
         help="with --once: the end is this many seconds without messages",
     )
+    d = sub.add_parser(
+        "demo",
+        help="offline: a simulated Bitstamp, the connector on the embedded broker, and a "
+        "tail of its trades (Ctrl-C stops all)",
+    )
+    d.add_argument("--markets", default="btcusd,ethusd")
+    d.add_argument("--rate", type=float, default=2.0, help="events per second per subscription")
+    d.add_argument("--max", type=int, default=0, help="stop after printing N events (0: never)")
     sub.add_parser("check-config", help="print the effective settings (secrets hidden)")
     s = sub.add_parser(
         "simulate", help="run a local exchange server (Bitstamp v2, Binance, Bybit or Bitfinex)"
@@ -106,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "simulate":
             setup_logging("INFO")
             return asyncio.run(_simulate(args))
+        if args.command == "demo":
+            return asyncio.run(_demo(args))
         if args.command == "tail":
             from connector.tail import tail
 
@@ -193,6 +203,66 @@ async def _simulate(args: argparse.Namespace) -> int:
     )
     await sim.serve_forever(stop)
     return 0
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    """The stack in one process: simulator → connector → embedded broker → tail."""
+    import signal
+
+    from connector.app import run
+    from connector.embedded import EmbeddedBroker, free_port, port_or_free
+    from connector.simulate import Simulator
+    from connector.tail import tail
+
+    base = _settings(args)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    markets = tuple(m.strip() for m in args.markets.split(",") if m.strip())
+    sim = Simulator(port=free_port(), markets=markets, rate=args.rate)
+    broker = EmbeddedBroker(port_or_free(base.embedded_broker_port))
+    await sim.start()
+    try:
+        bootstrap = await broker.astart()
+        settings = load_settings(
+            args.config,
+            kafka_bootstrap_servers=bootstrap,
+            kafka_enable_idempotence=False,  # Tansu has no InitProducerId
+            bitstamp_ws_url=sim.ws_url,
+            bitstamp_rest_url=sim.rest_url,
+            markets=",".join(markets),
+            exchanges="bitstamp",
+        )
+        pattern = r"bitstamp\.live_trades\..*"
+        log.warning(
+            "demo: simulated Bitstamp on %s, broker at %s; printing %s as JSON lines "
+            "(Ctrl-C stops all). In another shell: KAFKA_BOOTSTRAP_SERVERS=%s connector "
+            "tail 'bitstamp\\..*' --from-beginning",
+            sim.ws_url,
+            bootstrap,
+            pattern,
+            bootstrap,
+        )
+        connector = asyncio.create_task(run(settings, stop))  # SIGINT/SIGTERM set ``stop``
+        await asyncio.sleep(2)  # topics created, first trades on their way
+        reader = asyncio.create_task(
+            tail(settings, pattern, from_beginning=True, max_messages=args.max)
+        )
+        waiter = asyncio.create_task(stop.wait())
+        await asyncio.wait({connector, reader, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()  # --max reached, or the connector ended: stop the rest too
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, lambda: None)  # a second Ctrl-C waits for the end
+        reader.cancel()
+        waiter.cancel()
+        results = await asyncio.gather(connector, reader, waiter, return_exceptions=True)
+        if isinstance(results[0], BaseException) and not isinstance(
+            results[0], asyncio.CancelledError
+        ):
+            raise results[0]
+        return results[0] if isinstance(results[0], int) else 0
+    finally:
+        await sim.stop()
+        broker.stop()
 
 
 if __name__ == "__main__":

@@ -40,6 +40,27 @@ def broker_binary() -> str:
         raise BrokerStartError(f"embedded broker binary not found: {exc}") from exc
 
 
+def port_or_free(preferred: int) -> int:
+    """``preferred`` if nothing listens there (0: any free port); else a free port, said
+    in one line (a Kafka already on 9092 is a common case)."""
+    if preferred == 0:
+        return free_port()
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError as exc:
+            port = free_port()
+            log.warning(
+                "port %d is taken (%s): the embedded broker listens on %d instead "
+                "(CONNECTOR_EMBEDDED_BROKER_PORT sets it)",
+                preferred,
+                exc.strerror,
+                port,
+            )
+            return port
+    return preferred
+
+
 class EmbeddedBroker:
     def __init__(self, port: int = 0, advertised_port: int = 0) -> None:
         """``advertised_port``: the port clients are told to use (e.g. behind a proxy)."""

@@ -422,7 +422,13 @@ class Settings(BaseSettings):
         description="Deadline to deliver what is in flight on shutdown (below Kubernetes' "
         "30 s grace); what is left goes to the spool.",
     )
-    embedded_broker_port: int = Field(default=0, ge=0, le=65535, description="0: a free port.")
+    embedded_broker_port: int = Field(
+        default=9092,
+        ge=0,
+        le=65535,
+        description="Port of the embedded broker (when KAFKA_BOOTSTRAP_SERVERS is unset); "
+        "if it is taken, a free port is used and logged; 0: a free port.",
+    )
 
     # --- exchange connection -------------------------------------------------------
     ws_max_size_bytes: int = Field(

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from connector.embedded import EmbeddedBroker
+from connector.embedded import EmbeddedBroker, port_or_free
 from connector.settings import Settings
 from connector.supervisor import backoff_delay
 
@@ -49,7 +49,7 @@ async def run_workers(settings: Settings, config_file: Path | None) -> int:
     broker: EmbeddedBroker | None = None
     bootstrap = settings.kafka_bootstrap_servers
     if bootstrap is None:
-        broker = EmbeddedBroker(settings.embedded_broker_port)
+        broker = EmbeddedBroker(port_or_free(settings.embedded_broker_port))
         bootstrap = await broker.astart()
         log.info("embedded broker at %s, shared by the workers", bootstrap)
     args = [sys.executable, "-m", "connector.cli"]
