@@ -50,27 +50,89 @@ class Schema:
         return json.dumps(self.source, separators=(",", ":"))
 
 
-def load_schema(path: Path) -> Schema:
+def load_schema(path: Path, named: dict[str, dict[str, Any]] | None = None) -> Schema:
+    """One schema file; a named type it references by full name (``connector.Level``)
+    comes from ``named`` (the other files of its directory) and is written out where
+    first used, so the schema stands alone (the connector encodes, fingerprints and
+    registers that form: byte for byte what a file defining the type inline gives)."""
     try:
         source = json.loads(path.read_text())
+        source = _expand(source, named or {}, set(), source.get("namespace", ""))
         parsed = cast(dict[str, Any], fastavro.parse_schema(source, named_schemas={}))
-    except (OSError, ValueError, fastavro.schema.SchemaParseException) as exc:
+    except (OSError, ValueError, AttributeError, fastavro.schema.SchemaParseException) as exc:
         raise SchemaError(f"cannot load Avro schema {path}: {exc}") from exc
     canonical = fastavro.schema.to_parsing_canonical_form(parsed)
     fp = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
     return Schema(parsed["name"], source, parsed, canonical, fp)
 
 
+def _fullname(name: str, namespace: str) -> str:
+    return name if "." in name or not namespace else f"{namespace}.{name}"
+
+
+def _expand(node: Any, named: dict[str, dict[str, Any]], defined: set[str], ns: str) -> Any:
+    """``node`` with every reference to a type of ``named`` replaced by its definition
+    at the first use (later uses stay references, as Avro requires)."""
+    if isinstance(node, str):
+        full = _fullname(node, ns)
+        if full in named and full not in defined:
+            return _expand(named[full], named, defined, ns)
+        return node
+    if isinstance(node, list):
+        return [_expand(item, named, defined, ns) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if node.get("type") in ("record", "enum", "fixed", "error") and "name" in node:
+        ns = (
+            node.get("namespace", ns) if "." not in node["name"] else node["name"].rsplit(".", 1)[0]
+        )
+        defined.add(_fullname(node["name"], ns))
+    out = dict(node)
+    for key in ("type", "items", "values"):
+        if key in out:
+            out[key] = _expand(out[key], named, defined, ns)
+    if isinstance(out.get("fields"), list):
+        out["fields"] = [_expand(field, named, defined, ns) for field in out["fields"]]
+    return out
+
+
 def load_schemas(directory: Path | None = None) -> dict[str, Schema]:
+    """The record schemas of ``directory`` by full name. A file may define a named type
+    that others reference (``connector.Level``, ``connector.Side``): each type is defined
+    once, so the directory loads as one set in any Avro library (types first); such a
+    shared type is written out inside the records that use it, not returned alone."""
     directory = directory or default_schema_dir()
     files = sorted(directory.glob("*.avsc"))
     if not files:
         raise SchemaError(f"no Avro schemas (*.avsc) found in {directory}")
+    named: dict[str, dict[str, Any]] = {}
+    for path in files:
+        try:
+            source = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise SchemaError(f"cannot load Avro schema {path}: {exc}") from exc
+        if isinstance(source, dict) and isinstance(source.get("name"), str):
+            named[_fullname(source["name"], source.get("namespace", ""))] = source
+    shared = {name for name in named if any(_references(s, name) for s in named.values())}
     schemas = {}
     for path in files:
-        schema = load_schema(path)
-        schemas[schema.name] = schema
+        schema = load_schema(path, named)
+        if schema.name not in shared:  # a type other schemas use, not a record on its own
+            schemas[schema.name] = schema
     return schemas
+
+
+def _references(node: Any, name: str) -> bool:
+    """Whether a schema's JSON names ``name`` as a type (a reference, not a definition)."""
+    if isinstance(node, str):
+        return node == name
+    if isinstance(node, list):
+        return any(_references(item, name) for item in node)
+    if isinstance(node, dict):
+        return any(
+            _references(node[k], name) for k in ("type", "items", "values") if k in node
+        ) or any(_references(f, name) for f in node.get("fields", []) if isinstance(f, dict))
+    return False
 
 
 class RecordEncoder:
