@@ -244,13 +244,7 @@ class AioProducer:
         self, topic: str, value: bytes, key: bytes, headers: Headers, on_done: Delivery
     ) -> None:
         if self._pump is None:  # else the record queues behind those the pump holds
-            batch = self._by_key.get((topic, key))
-            if (
-                batch is not None
-                and batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
-                is not None
-            ):
-                batch.callbacks.append(on_done)
+            if self._join_key(topic, value, key, headers, on_done):
                 return
             placed = self._place_now(topic, value, key, headers, on_done)
             if placed is True:
@@ -263,6 +257,20 @@ class AioProducer:
         self._backlog.append((topic, value, key, headers, on_done))
         if self._pump is None:
             self._pump = asyncio.create_task(self._drain_backlog(), name="producer-backlog")
+
+    def _join_key(
+        self, topic: str, value: bytes, key: bytes, headers: Headers, on_done: Delivery
+    ) -> bool:
+        """Appends the record to the batch its key used last, if that one takes it."""
+        batch = self._by_key.get((topic, key))
+        if (
+            batch is not None
+            and batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
+            is not None
+        ):
+            batch.callbacks.append(on_done)
+            return True
+        return False
 
     def _partition_of(self, topic: str, key: bytes, partitions: Any) -> tuple[str, int]:
         candidates = list(partitions)
@@ -344,13 +352,7 @@ class AioProducer:
     ) -> Exception | None:
         """The pump's way of placing a record: may wait for metadata and for aiokafka to
         take a new batch. Returns the failure its batch got, if any."""
-        batch = self._by_key.get((topic, key))
-        if (
-            batch is not None
-            and batch.builder.append(timestamp=None, key=key, value=value, headers=headers)
-            is not None
-        ):
-            batch.callbacks.append(on_done)
+        if self._join_key(topic, value, key, headers, on_done):
             return None
         # The key's batch is closed (drained, full, failed) or it has none: look its
         # partition up again (the metadata may have changed).

@@ -309,9 +309,12 @@ async def test_book_break_drop_and_stall_are_recovered(
     for why in ("heartbeat_timeout", "ConnectionClosedError"):
         gap = by_reason[(trade_channel, why)]
         assert gap["recovery"] == "BACKFILLED", gap
-    # the stall's gap (1-2 s) has trades only REST gives; the drop's (0.3 s silent, then
-    # the reconnect) may be covered by Bitfinex's trades snapshot on resubscription
-    assert by_reason[(trade_channel, "heartbeat_timeout")]["recovered_events"] > 0
+    # Bitfinex answers a (re)subscription with its latest trades, which may cover a short
+    # gap whole (REST then adds none); elsewhere only REST has the gap's trades. Either
+    # way every trade made is in Kafka once, in order (above).
+    if exchange != "bitfinex":
+        for why in ("heartbeat_timeout", "ConnectionClosedError"):
+            assert by_reason[(trade_channel, why)]["recovered_events"] > 0
     print(
         f"{exchange}: {len(made)} trades made, {len(trades)} delivered; "
         f"{sum(1 for r in book if r['resync'])} book resyncs; statuses:",

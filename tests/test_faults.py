@@ -29,7 +29,7 @@ from connector.simulate import Simulator
 from tests.conftest import Broker
 from tests.harness import Consumed, connector_process, consume_until
 from tests.test_end_to_end import expected_record
-from tests.test_resilience import wait_metric
+from tests.test_resilience import env_for, wait_metric
 
 pytestmark = pytest.mark.integration
 
@@ -119,21 +119,16 @@ async def test_every_frame_received_is_in_kafka_exact_through_a_fault(
         idle_trade_rate=15,
     )
     await sim.start()
-    env = {
-        **broker.env(),
-        "BITSTAMP_WS_URL": sim.ws_url,
-        "BITSTAMP_REST_URL": sim.rest_url,
-        "CONNECTOR_MARKETS": ",".join(MARKETS),
-        "CONNECTOR_CHANNELS": ",".join(CHANNELS),
-        "CONNECTOR_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.{channel}.{market}",
-        "CONNECTOR_STATUS_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.status",
-        "CONNECTOR_DLQ_TOPIC_TEMPLATE": topic_prefix + ".{exchange}.dlq",
-        "CONNECTOR_RECONNECT_BACKOFF_INITIAL_S": "0.2",
-        "CONNECTOR_RECONNECT_BACKOFF_MAX_S": "1",
-        "CONNECTOR_HEARTBEAT_INTERVAL_S": "1",
-        "CONNECTOR_HEARTBEAT_TIMEOUT_S": "1",
-        "CONNECTOR_STALE_AFTER_S": '{"diff_order_book": 2}',
-    }
+    env = env_for(
+        broker,
+        sim,
+        topic_prefix,
+        ",".join(CHANNELS),
+        CONNECTOR_MARKETS=",".join(MARKETS),
+        CONNECTOR_HEARTBEAT_INTERVAL_S="1",
+        CONNECTOR_HEARTBEAT_TIMEOUT_S="1",
+        CONNECTOR_STALE_AFTER_S='{"diff_order_book": 2}',
+    )
     published = 'connector_events_published_total{channel="live_trades"'
     try:
         async with connector_process(env, tmp_path) as conn:
