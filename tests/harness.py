@@ -80,6 +80,24 @@ async def connector_process(env: dict[str, str], tmp_path: Path) -> AsyncIterato
                 await proc.wait()
 
 
+async def run_cli(*args: str, env: dict[str, str], timeout: float = 90) -> bytes:
+    """``connector ARGS`` as a process with only ``env`` of the interface's settings;
+    its standard output once it exits with status 0 within ``timeout``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(INTERFACE_ENV_PREFIXES)}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "connector.cli",
+        *args,
+        env={**base, **env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode == 0, err.decode()[-3000:]
+    return out
+
+
 @dataclass
 class Consumed:
     # topic → list of (key, headers, schema, record) in offset order

@@ -7,8 +7,6 @@ decodable with schemas/, equal field by field to what the exchange sent, in orde
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ import pytest
 from connector.simulate import Simulator
 from tests.conftest import Broker
 from tests.fake_registry import FakeRegistry
-from tests.harness import Consumed, connector_process, consume_until, metric_value
+from tests.harness import Consumed, connector_process, consume_until, metric_value, run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -238,29 +236,10 @@ async def test_every_sent_event_arrives_exact_and_in_order(
 
 
 async def run_tail(broker: Broker, pattern: str, registry_url: str | None) -> list[dict[str, Any]]:
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("CONNECTOR_", "KAFKA_", "SCHEMA_REGISTRY"))
-    }
-    env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap
+    env = {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap}
     if registry_url:
         env["SCHEMA_REGISTRY_URL"] = registry_url
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "connector.cli",
-        "tail",
-        pattern,
-        "--from-beginning",
-        "--idle-timeout",
-        "5",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
-    assert proc.returncode == 0, err.decode()
+    out = await run_cli("tail", pattern, "--from-beginning", "--idle-timeout", "5", env=env)
     return [orjson.loads(line) for line in out.splitlines()]
 
 

@@ -16,18 +16,15 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from connector.consumer import BookBuilder
-from connector.settings import INTERFACE_ENV_PREFIXES
 from connector.simulate import Simulator
 from tests.conftest import Broker
-from tests.harness import Consumed, connector_process, consume_until
+from tests.harness import Consumed, connector_process, consume_until, run_cli
 from tests.test_end_to_end import expected_record
 from tests.test_resilience import env_for, wait_metric
 
@@ -49,14 +46,7 @@ def exchange_book(sim: Simulator, market: str) -> tuple[list[tuple[str, str]], .
 
 async def connector_book(broker: Broker, topic: str) -> dict[str, Any]:
     """``connector book TOPIC --once``: the book a consumer rebuilds, as the CLI prints it."""
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(INTERFACE_ENV_PREFIXES)},
-        "KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "connector.cli",
+    out = await run_cli(
         "book",
         topic,
         "--once",
@@ -64,12 +54,9 @@ async def connector_book(broker: Broker, topic: str) -> dict[str, Any]:
         str(BOOK_DEPTH),
         "--idle-timeout",
         "2",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        env={"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap},
+        timeout=60,
     )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode == 0, err.decode()[-2000:]
     return json.loads(out.decode().splitlines()[-1])
 
 
