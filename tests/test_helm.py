@@ -132,6 +132,21 @@ def test_configmap_holds_only_real_settings(helm: str) -> None:
         assert not set(secret) & set(data)  # secrets never in the ConfigMap
 
 
+def test_without_a_spool_volume_the_spool_is_off_by_setting(helm: str) -> None:
+    data = by_kind(render(helm))["ConfigMap"]["data"]
+    assert data["CONNECTOR_SPOOL_DIR"] == "/var/lib/connector/spool"
+    assert "CONNECTOR_SPOOL" not in data  # on by default, in the mounted volume
+    docs = [
+        d
+        for d in yaml.safe_load_all(
+            run(helm, "template", "rel", str(CHART), "--set", "spool.enabled=false")
+        )
+        if d
+    ]
+    data = by_kind(docs)["ConfigMap"]["data"]
+    assert data["CONNECTOR_SPOOL"] == "false" and "CONNECTOR_SPOOL_DIR" not in data
+
+
 def test_scale_out_replicas_roll_and_spread(helm: str) -> None:
     deployment = by_kind(render(helm, ALL_FEATURES))["Deployment"]
     assert deployment["spec"]["replicas"] == 3
