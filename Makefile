@@ -30,9 +30,9 @@ simulate: install
 bench: install
 	$(BIN)/python bench/run.py
 
-## Regenerate the README's settings table from the settings model.
+## Regenerate the generated tables of docs/ (settings, metrics) from the code.
 docs: install
-	$(BIN)/python -c "import pathlib, connector.settings as s; p = pathlib.Path('README.md'); p.write_text(s.readme_with_settings(p.read_text()))"
+	$(BIN)/python -c "import pathlib, connector.settings as s; [p.write_text(s.with_generated_blocks(p.read_text())) for p in map(pathlib.Path, s.GENERATED_DOCS)]"
 
 lint: install
 	$(BIN)/ruff check connector tests bench

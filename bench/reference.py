@@ -31,17 +31,17 @@ from aiokafka import AIOKafkaProducer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connector.avro import (  # noqa: E402
+from connector.encoding.avro import (  # noqa: E402
     CONTENT_TYPE_SINGLE_OBJECT,
     load_schemas,
     single_object_encoder,
 )
-from connector.bitstamp.decoder import BitstampDecoder  # noqa: E402
 from connector.events import MarketEvent  # noqa: E402
+from connector.exchanges.bitstamp.decoder import BitstampDecoder  # noqa: E402
+from connector.exchanges.bitstamp.simulator import TICK_S, Simulator  # noqa: E402
+from connector.kafka.aio import use_compression_level  # noqa: E402
+from connector.kafka.topics import ensure_topics  # noqa: E402
 from connector.settings import COMPRESSION_LEVELS, Settings  # noqa: E402
-from connector.simulate import TICK_S, Simulator  # noqa: E402
-from connector.sink import use_compression_level  # noqa: E402
-from connector.topics import ensure_topics  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
 from run import cpu_seconds, percentile  # noqa: E402

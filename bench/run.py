@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from aiokafka import AIOKafkaConsumer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from connector.embedded import EmbeddedBroker, free_port  # noqa: E402
+from connector.kafka.embedded import EmbeddedBroker, free_port  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 # The connector's counters of events that did not reach Kafka: each must stay at 0.
@@ -849,7 +849,7 @@ def table(steps: list[Step]) -> str:
     return "\n".join(lines)
 
 
-async def main() -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--rates",
@@ -930,7 +930,7 @@ async def main() -> int:
     )
     p.add_argument("--profile-seconds", type=float, default=15)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.rates = [float(r) for r in args.rates.split(",") if r]
     args.wal_rates = [float(r) for r in args.wal_rates.split(",") if r]
     args.latency_rates = [float(r) for r in args.latency_rates.split(",") if r]
@@ -955,9 +955,30 @@ async def main() -> int:
     args.request_floor = None
     args.broker_pid = 0  # the embedded broker's process (its CPU in the request floor)
 
+    return args
+
+
+@dataclass
+class Runs:
+    """What each scenario measured (empty when skipped)."""
+
+    steps: list[Step] = field(default_factory=list)
+    quiet: list[Step] = field(default_factory=list)
+    rdkafka: list[Step] = field(default_factory=list)
+    wal: list[Step] = field(default_factory=list)
+    sharded: list[Step] = field(default_factory=list)
+    ref: list[dict[str, Any]] = field(default_factory=list)
+    mem: dict[str, Any] | None = None
+    broker: str = "external"
+
+
+async def run_scenarios(args: argparse.Namespace) -> Runs:
+    """Every scenario asked for, on one broker (KAFKA_BOOTSTRAP_SERVERS, else embedded)."""
+    runs = Runs()
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
     broker = None
     if not bootstrap:
+        runs.broker = "embedded Tansu"
         broker = EmbeddedBroker()
         bootstrap = broker.start()
         if broker._proc is not None:
@@ -968,18 +989,16 @@ async def main() -> int:
             f"broker: {bootstrap} ({'embedded Tansu' if broker else 'external'}); "
             f"cores: {os.cpu_count()}; connector pinned to core 1"
         )
-        steps: list[Step] = []
         if args.rates:
-            steps = await throughput(
+            runs.steps = await throughput(
                 args, bootstrap, broker is not None, args.rates, {}, profile_rate=args.profile_rate
             )
-        quiet: list[Step] = []
         if args.latency_rates:
             print(
                 "latency without a live consumer (it reads each window's records after it):",
                 flush=True,
             )
-            quiet = await throughput(
+            runs.quiet = await throughput(
                 args,
                 bootstrap,
                 broker is not None,
@@ -988,10 +1007,9 @@ async def main() -> int:
                 "connector-latency.log",
                 count_after=True,
             )
-        rdkafka: list[Step] = []
         if args.librdkafka_rates:
             print("librdkafka producer (CONNECTOR_KAFKA_CLIENT=librdkafka):", flush=True)
-            rdkafka = await throughput(
+            runs.rdkafka = await throughput(
                 args,
                 bootstrap,
                 broker is not None,
@@ -1002,11 +1020,10 @@ async def main() -> int:
                 },
                 "connector-librdkafka.log",
             )
-        wal: list[Step] = []
         if args.wal_rates:
             print("write-ahead spool (CONNECTOR_SPOOL_WRITE_AHEAD=true):", flush=True)
             with tempfile.TemporaryDirectory(prefix="bench-spool-") as spool:
-                wal = await throughput(
+                runs.wal = await throughput(
                     args,
                     bootstrap,
                     broker is not None,
@@ -1018,14 +1035,13 @@ async def main() -> int:
                     },
                     "connector-wal.log",
                 )
-        sharded: list[Step] = []
         if args.workers_rates and args.workers > 1:
             print(
                 f"{args.workers} worker processes (CONNECTOR_WORKERS, sharing the "
                 "subscriptions through a consumer group), on both cores:",
                 flush=True,
             )
-            sharded = await throughput(
+            runs.sharded = await throughput(
                 args,
                 bootstrap,
                 broker is not None,
@@ -1034,71 +1050,77 @@ async def main() -> int:
                 "connector-workers.log",
                 workers=args.workers,
             )
-        ref: list[dict[str, Any]] = []
         if args.reference_rates:
             print("reference: a bare producer sending the same records:", flush=True)
-            ref = await reference(args, bootstrap, broker is not None, args.reference_rates)
-        mem = None if args.skip_memory else await memory(args, bootstrap, broker is not None)
+            runs.ref = await reference(args, bootstrap, broker is not None, args.reference_rates)
+        if not args.skip_memory:
+            runs.mem = await memory(args, bootstrap, broker is not None)
     finally:
         if broker:
             broker.stop()
-    result = {
+    return runs
+
+
+def result_of(args: argparse.Namespace, runs: Runs) -> dict[str, Any]:
+    return {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "cores": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
         },
-        "broker": "embedded Tansu" if broker else "external",
+        "broker": runs.broker,
         "mix": MIX,
         "markets": MARKETS,
         "book_depth": args.book_depth,
         "settings": args.env,
-        "steps": [asdict(s) for s in steps],
-        "latency_steps": [asdict(s) for s in quiet],
-        "librdkafka_steps": [asdict(s) for s in rdkafka],
-        "write_ahead_steps": [asdict(s) for s in wal],
+        "steps": [asdict(s) for s in runs.steps],
+        "latency_steps": [asdict(s) for s in runs.quiet],
+        "librdkafka_steps": [asdict(s) for s in runs.rdkafka],
+        "write_ahead_steps": [asdict(s) for s in runs.wal],
         "workers": args.workers,
-        "worker_steps": [asdict(s) for s in sharded],
-        "memory": mem,
-        "reference": ref,
+        "worker_steps": [asdict(s) for s in runs.sharded],
+        "memory": runs.mem,
+        "reference": runs.ref,
         "request_floor": args.request_floor,
         "profiles": args.profiles,
         "end_to_end": args.totals,
-        "targets": targets(steps, quiet, mem),
+        "targets": targets(runs.steps, runs.quiet, runs.mem),
     }
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    if steps:
+
+
+def print_report(args: argparse.Namespace, runs: Runs, result: dict[str, Any]) -> None:
+    if runs.steps:
         print()
-        print(table(steps))
-    if quiet:
+        print(table(runs.steps))
+    if runs.quiet:
         print("\nthe consumer paused in each window, reading its records after it:")
-        print(table(quiet))
-    if rdkafka:
+        print(table(runs.quiet))
+    if runs.rdkafka:
         print("\nwith the librdkafka producer:")
-        print(table(rdkafka))
-    if wal:
+        print(table(runs.rdkafka))
+    if runs.wal:
         print("\nwith the write-ahead spool:")
-        print(table(wal))
-    if sharded:
+        print(table(runs.wal))
+    if runs.sharded:
         print(f"\nwith {args.workers} worker processes (CPU summed over them):")
-        print(table(sharded))
-    if ref:
+        print(table(runs.sharded))
+    if runs.ref:
         print("\nreference (a bare producer, same records, rate, core and broker):")
         print(
             "| client | live consumer | rate/s | CPU s/1k msg | send→ack p50 ms | send→ack p99 ms |"
         )
         print("|---|---|---|---|---|---|")
-        for r in ref:
+        for r in runs.ref:
             print(
                 f"| {r['client']} | {'yes' if r['consumer'] else 'no'} | {r['sent_per_s']} "
                 f"| {r['cpu_s_per_1000']:.3f} | {r['send_ack_p50_ms']} | {r['send_ack_p99_ms']} |"
             )
-    if mem:
+    if runs.mem:
         print(
-            f"\nmemory: {mem['markets']} markets x 6 channels = {mem['subscriptions']} "
-            f"subscriptions, {mem['published']} events published, steady RSS "
-            f"{mem['rss_mb_steady']} MB"
+            f"\nmemory: {runs.mem['markets']} markets x 6 channels = {runs.mem['subscriptions']} "
+            f"subscriptions, {runs.mem['published']} events published, steady RSS "
+            f"{runs.mem['rss_mb_steady']} MB"
         )
     for rate, entries in args.profiles.items():
         for kind in ("own", "inclusive"):
@@ -1109,6 +1131,14 @@ async def main() -> int:
         print("\ntargets (a missed one is reported, not failed: the machine is shared):")
         for t in result["targets"]:
             print(f"  {'met   ' if t['met'] else 'MISSED'} {t['target']}: {t['measured']}")
+
+
+async def main() -> int:
+    args = parse_args()
+    runs = await run_scenarios(args)
+    result = result_of(args, runs)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print_report(args, runs, result)
     print(f"\nwritten to {args.out}")
     return 1 if report_loss(args.totals) else 0
 

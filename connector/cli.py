@@ -17,13 +17,14 @@ import orjson
 
 from connector import __version__
 from connector.errors import BrokerStartError, ConfigError, DeliveryError, SchemaError
+from connector.exchanges.registry import EXCHANGES
 from connector.logs import setup_logging
 from connector.settings import Settings, effective, load_settings, unknown_env_vars
 
 log = logging.getLogger("connector")
 
 
-def _parser() -> argparse.ArgumentParser:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="connector",
         description="Exchange WebSocket → Avro → Kafka ingest connector.",
@@ -67,12 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--rate", type=float, default=2.0, help="events per second per subscription")
     d.add_argument("--max", type=int, default=0, help="stop after printing N events (0: never)")
     sub.add_parser("check-config", help="print the effective settings (secrets hidden)")
-    s = sub.add_parser(
-        "simulate", help="run a local exchange server (Bitstamp v2, Binance, Bybit or Bitfinex)"
-    )
-    s.add_argument(
-        "--exchange", choices=("bitstamp", "binance", "bybit", "bitfinex"), default="bitstamp"
-    )
+    s = sub.add_parser("simulate", help=f"run a local exchange server ({', '.join(EXCHANGES)})")
+    s.add_argument("--exchange", choices=tuple(EXCHANGES), default="bitstamp")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
     s.add_argument(
@@ -103,7 +100,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         if args.command == "check-config":
             settings = _settings(args)
@@ -117,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "demo":
             return asyncio.run(_demo(args))
         if args.command == "tail":
-            from connector.tail import tail
+            from connector.kafka.tail import tail
 
             settings = _settings(args)
             return asyncio.run(
@@ -130,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         if args.command == "book":
-            from connector.tail import book
+            from connector.kafka.tail import book
 
             settings = _settings(args)
             return asyncio.run(
@@ -144,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         settings = _settings(args)
         if settings.workers > 1:
-            from connector.workers import run_workers
+            from connector.group.workers import run_workers
 
             return asyncio.run(run_workers(settings, args.config))
         from connector.app import run
@@ -163,26 +160,10 @@ def main(argv: list[str] | None = None) -> int:
 async def _simulate(args: argparse.Namespace) -> int:
     import signal
 
-    from connector.simulate import Simulator
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    if args.exchange != "bitstamp":
-        from connector.venues import SERVERS
-
-        # Any market is served (streams start when first subscribed); REST on port + 1.
-        server = SERVERS[args.exchange](
-            rate=args.rate,
-            seed=args.seed,
-            host=args.host,
-            port=args.port,
-            rest_port=args.port + 1,
-            limit=args.events,
-        )
-        await server.serve_forever(stop)
-        return 0
     markets = tuple(m.strip() for m in args.markets.split(",") if m.strip())
     weights = {}
     for item in filter(None, (i.strip() for i in args.mix.split(","))):
@@ -191,17 +172,17 @@ async def _simulate(args: argparse.Namespace) -> int:
             weights[channel] = float(weight)
         except ValueError:
             raise ConfigError(f"--mix {item!r}: expected channel=number") from None
-    sim = Simulator(
-        args.host,
-        args.port,
-        markets=markets,
+    server = EXCHANGES[args.exchange].new_simulator(
+        host=args.host,
+        port=args.port,
         rate=args.rate,
-        events_per_subscription=args.events,
         seed=args.seed,
+        events=args.events,
+        markets=markets,
         book_depth=args.book_depth,
-        rate_weights=weights,
+        weights=weights,
     )
-    await sim.serve_forever(stop)
+    await server.serve_forever(stop)
     return 0
 
 
@@ -210,15 +191,16 @@ async def _demo(args: argparse.Namespace) -> int:
     import signal
 
     from connector.app import run
-    from connector.embedded import EmbeddedBroker, free_port, port_or_free
-    from connector.simulate import Simulator
-    from connector.tail import tail
+    from connector.kafka.embedded import EmbeddedBroker, free_port, port_or_free
+    from connector.kafka.tail import tail
 
     base = _settings(args)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     markets = tuple(m.strip() for m in args.markets.split(",") if m.strip())
-    sim = Simulator(port=free_port(), markets=markets, rate=args.rate)
+    sim = EXCHANGES["bitstamp"].new_simulator(
+        host="127.0.0.1", port=free_port(), rate=args.rate, seed=1, events=0, markets=markets
+    )
     broker = EmbeddedBroker(port_or_free(base.embedded_broker_port))
     await sim.start()
     try:

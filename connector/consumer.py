@@ -1,7 +1,7 @@
 """For Kafka consumers of the connector's topics: an order book rebuilt by the contract.
 
 ``BookBuilder`` is pure (records in, a book out; no Kafka, no clock) and follows the
-README's rule, the same in any language:
+consumer contract's rule (README, docs/consumers.md), the same in any language:
 
 - ``connector.BookDelta`` (diff_order_book, depth, orderbook, book): a record with
   ``resync=true`` replaces the whole book; a record with ``resync=false`` whose

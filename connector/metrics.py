@@ -6,7 +6,7 @@ is bounded by the configured exchanges, channels and markets.
 The per-record metrics (events received and published per route, the two latency
 histograms) are plain integers and floats that the hot path adds to, turned into
 Prometheus samples at scrape time: prometheus_client's counters and histograms take a
-lock on every increment (~2 µs per record for these four), and this process updates them
+lock on every increment (several per record), and this process updates them
 from one event-loop thread only.
 """
 
@@ -339,7 +339,7 @@ class Metrics:
 
 
 def metrics_markdown() -> str:
-    """The README's metrics table, generated from the registry (``make docs``)."""
+    """docs/operations.md's metrics table, generated from the registry (``make docs``)."""
     rows = ["| metric | type | labels | meaning |", "|---|---|---|---|"]
     for collector in vars(Metrics()).values():
         if not isinstance(collector, MetricWrapperBase | RouteCounter | FastHistogram):

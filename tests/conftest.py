@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from connector.embedded import EmbeddedBroker
+from connector.kafka.embedded import EmbeddedBroker
 
 log = logging.getLogger(__name__)
 

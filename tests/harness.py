@@ -16,9 +16,9 @@ from typing import Any
 import httpx
 from aiokafka import AIOKafkaConsumer
 
-from connector.avro import AvroDecoder, load_schemas
-from connector.embedded import free_port
-from connector.registry import SchemaRegistryClient
+from connector.encoding.avro import AvroDecoder, load_schemas
+from connector.encoding.registry import SchemaRegistryClient
+from connector.kafka.embedded import free_port
 from connector.settings import INTERFACE_ENV_PREFIXES
 
 

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
-from connector.embedded import EmbeddedBroker, free_port
+from connector.kafka.embedded import EmbeddedBroker, free_port
 
 
 class FaultyLink:

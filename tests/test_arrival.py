@@ -14,7 +14,7 @@ import pytest
 import websockets
 from websockets.asyncio.server import ServerConnection, serve
 
-from connector.arrival import StampedConnection
+from connector.stream.arrival import StampedConnection
 
 MESSAGES = ["one", b"two", "three"]
 
@@ -75,7 +75,7 @@ async def test_a_message_read_with_no_arrival_noted_takes_the_read_time_and_says
         for _ in MESSAGES:
             await client.recv()
             client.arrivals.clear()
-            with caplog.at_level(logging.WARNING, logger="connector.arrival"):
+            with caplog.at_level(logging.WARNING, logger="connector.stream.arrival"):
                 assert client.arrived(123.0) == 123.0
     assert client.unstamped == len(MESSAGES)
     warnings = [r for r in caplog.records if "no arrival time noted" in r.getMessage()]

@@ -10,16 +10,16 @@ from pathlib import Path
 import fastavro
 import pytest
 
-from connector.avro import (
+from connector.encoding.avro import (
     AvroDecoder,
     confluent_encoder,
     default_schema_dir,
     load_schemas,
     single_object_encoder,
 )
-from connector.bitstamp.decoder import BitstampDecoder
 from connector.errors import SchemaError
 from connector.events import EVENT_TYPES, MarketEvent
+from connector.exchanges.bitstamp.decoder import BitstampDecoder
 from tests import frames as F
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -115,7 +115,7 @@ def test_every_event_type_round_trips_confluent() -> None:
 
 
 def test_a_consumer_needs_only_the_schema_files() -> None:
-    """What the README promises: fastavro + schemas/ decode any single-object value."""
+    """What docs/consumers.md promises: fastavro + schemas/ decode any single-object value."""
     schemas = load_schemas()
     event = decoded_events()[1]  # the perp trade
     value = single_object_encoder(schemas[event.SCHEMA]).encode(event)
@@ -148,12 +148,12 @@ def test_broken_schema_file_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_readme_consumer_example_decodes_our_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    readme = (SCHEMA_DIR.parent / "README.md").read_text()
-    code = readme.split("### Reading it in Python", 1)[1].split("```python\n", 1)[1]
+    readme = (SCHEMA_DIR.parent / "docs" / "consumers.md").read_text()
+    code = readme.split("## Reading it in Python", 1)[1].split("```python\n", 1)[1]
     code = code.split("```", 1)[0]
     monkeypatch.chdir(SCHEMA_DIR.parent)
     namespace: dict[str, object] = {}
-    exec(compile(code, "README.md", "exec"), namespace)
+    exec(compile(code, "docs/consumers.md", "exec"), namespace)
     schemas = namespace["schemas"]
     assert isinstance(schemas, dict)
     event = decoded_events()[0]

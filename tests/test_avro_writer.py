@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.avro import load_schemas
-from connector.avro_writer import compile_writer, zigzag
+from connector.encoding.avro import load_schemas
+from connector.encoding.writer import compile_writer, zigzag
 from connector.errors import SchemaError
 from connector.events import (
     BookDelta,
@@ -193,7 +193,7 @@ def test_unsupported_schemas_are_rejected_at_compile_time() -> None:
     ],
 )
 def test_wrong_types_raise_instead_of_writing_garbage(field: str, value: object) -> None:
-    from connector.avro import single_object_encoder
+    from connector.encoding.avro import single_object_encoder
     from connector.errors import EncodeError
 
     fields: dict[str, Any] = {
@@ -246,7 +246,7 @@ def _book(bids: Any, asks: Any = (("2", "1"),)) -> BookSnapshot:
 )
 @pytest.mark.parametrize("first", [True, False])
 def test_wrong_types_in_book_levels_raise(bad: tuple[Any, ...], first: bool) -> None:
-    from connector.avro import single_object_encoder
+    from connector.encoding.avro import single_object_encoder
     from connector.errors import EncodeError
 
     good = ("37000.5", "0.1")

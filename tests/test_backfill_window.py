@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.simulate import Simulator
+from connector.exchanges.bitstamp.simulator import Simulator
 from tests.conftest import Broker
 from tests.harness import connector_process, consume_until
 from tests.test_end_to_end import expected_record

@@ -13,8 +13,8 @@ import orjson
 import pytest
 import websockets
 
-from connector.embedded import free_port
-from connector.simulate import Simulator
+from connector.exchanges.bitstamp.simulator import Simulator
+from connector.kafka.embedded import free_port
 from tests.conftest import Broker
 from tests.harness import connector_process
 

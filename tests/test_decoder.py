@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.bitstamp.decoder import BitstampDecoder
 from connector.errors import ProtocolError
 from connector.events import (
     BookDelta,
@@ -27,6 +26,7 @@ from connector.events import (
     Trade,
     UnsubscriptionSucceeded,
 )
+from connector.exchanges.bitstamp.decoder import BitstampDecoder
 from tests import frames as F
 
 
@@ -483,7 +483,7 @@ def test_book_fast_path_equals_the_general_path(
 
 
 def test_book_fast_path_is_exact_on_the_simulator_frames() -> None:
-    from connector.simulate import Simulator
+    from connector.exchanges.bitstamp.simulator import Simulator
 
     sim = Simulator()
     fast, general = BitstampDecoder("c"), BitstampDecoder("c")
@@ -499,7 +499,7 @@ def test_book_fast_path_is_exact_on_the_simulator_frames() -> None:
 def test_order_fast_path_knows_exactly_the_general_paths_fields() -> None:
     """A field the fast path does not know goes to ``extra`` on the general path, so the
     fast path must refuse it: its struct's fields are the general path's known ones."""
-    from connector.bitstamp.decoder import _ORDER_KNOWN, _Order
+    from connector.exchanges.bitstamp.decoder import _ORDER_KNOWN, _Order
 
     assert frozenset(_Order.__struct_fields__) == _ORDER_KNOWN
 
@@ -547,7 +547,7 @@ def test_order_fast_path_equals_the_general_path(
 
 
 def test_order_fast_path_is_exact_on_the_simulator_frames() -> None:
-    from connector.simulate import Simulator
+    from connector.exchanges.bitstamp.simulator import Simulator
 
     sim = Simulator()
     fast, general = BitstampDecoder("c"), BitstampDecoder("c")

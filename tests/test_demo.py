@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from connector.embedded import free_port
+from connector.kafka.embedded import free_port
 from connector.settings import INTERFACE_ENV_PREFIXES
 
 pytestmark = pytest.mark.integration

@@ -71,13 +71,15 @@ def test_compose_passes_only_real_settings_to_the_connector(
     assert grace > settings.shutdown_timeout_s
 
 
-def test_readme_quick_start_agrees_with_compose() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_the_quick_start_agrees_with_compose() -> None:
+    readme = (ROOT / "docs" / "operations.md").read_text()
     services = compose()["services"]
     assert "docker compose up --build" in readme
     for service, port in (("kafka-ui", 8080), ("connector", 9102), ("kafka", 29092)):
         assert any(str(p).startswith(f"{port}:") for p in services[service]["ports"])
-        assert f"localhost:{port}" in readme, f"README does not mention localhost:{port}"
+        assert f"localhost:{port}" in readme, (
+            f"docs/operations.md does not mention localhost:{port}"
+        )
 
 
 def test_dockerfile_promises() -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 import pytest
 
-from connector.simulate import Simulator
+from connector.exchanges.bitstamp.simulator import Simulator
 from tests.conftest import Broker
 from tests.fake_registry import FakeRegistry
 from tests.harness import Consumed, connector_process, consume_until, metric_value, run_cli

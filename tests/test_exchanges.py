@@ -19,8 +19,11 @@ from typing import Any
 import pytest
 
 from connector.consumer import BookBuilder
-from connector.simulate import Simulator
-from connector.venues import SERVERS, Trade, VenueServer
+from connector.exchanges.binance.simulator import BinanceServer
+from connector.exchanges.bitfinex.simulator import BitfinexServer
+from connector.exchanges.bitstamp.simulator import Simulator
+from connector.exchanges.bybit.simulator import BybitServer
+from connector.sim.venue import Trade, VenueServer
 from tests.conftest import Broker
 from tests.harness import Consumed, connector_process, consume_until
 
@@ -47,6 +50,13 @@ SUB_NAME = {
     ("bybit", "orderbook"): "orderbook.50.{m}",
     ("bitfinex", "trades"): "trades:{m}",
     ("bitfinex", "book"): "book:{m}",
+}
+
+
+SERVERS: dict[str, type[VenueServer]] = {
+    "binance": BinanceServer,
+    "bybit": BybitServer,
+    "bitfinex": BitfinexServer,
 }
 
 

@@ -1,4 +1,4 @@
-"""The README's exchange-side fault scenarios, proved per frame on a real broker.
+"""The exchange-side fault scenarios (docs/architecture.md), proved per frame on a real broker.
 
 For each fault (an abrupt TCP drop, a half-open stall caught by the heartbeat deadline, a
 clean close, ``bts:request_reconnect`` handed over make-before-break, a feed gone silent
@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from connector.consumer import BookBuilder
-from connector.simulate import Simulator
+from connector.exchanges.bitstamp.simulator import Simulator
 from tests.conftest import Broker
 from tests.harness import Consumed, connector_process, consume_until, run_cli
 from tests.test_end_to_end import expected_record

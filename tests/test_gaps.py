@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 
-from connector import gaps as gaps_module
-from connector.bitstamp.gaps import BitstampGaps as Gaps
 from connector.events import OrderEvent, OrderEventType, Side
-from connector.gaps import SubState
+from connector.exchanges.bitstamp.recovery import BitstampGaps as Gaps
 from connector.metrics import Metrics
-from connector.recent import RecentTrades
+from connector.stream import gaps as gaps_module
+from connector.stream.gaps import SubState
+from connector.stream.recent import RecentTrades
 from tests.frames import header
 
 

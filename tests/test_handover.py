@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connector.events import BookSnapshot, MarketEvent, Side, Trade
-from connector.handover import Tail
+from connector.stream.overlap import Tail
 from tests.frames import header
 
 

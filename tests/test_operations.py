@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.simulate import Simulator
+from connector.exchanges.bitstamp.simulator import Simulator
 from tests.conftest import Broker
 from tests.harness import Running, connector_process, metric_value
 from tests.test_resilience import env_for

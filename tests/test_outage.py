@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from connector.embedded import EmbeddedBroker, free_port
-from connector.simulate import Simulator
+from connector.exchanges.bitstamp.simulator import Simulator
+from connector.kafka.embedded import EmbeddedBroker, free_port
 from tests.conftest import Broker
 from tests.harness import Consumed, Running, connector_process, consume_until, metric_value
 from tests.netfault import FaultyLink

@@ -37,6 +37,6 @@ def _declared(name: str, config: dict[str, object]) -> bool:
 def test_every_subpackage_goes_into_the_wheel() -> None:
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     on_disk = _packages_on_disk()
-    assert {"connector", "connector.bitstamp", "connector.binance"} <= on_disk
+    assert {"connector", "connector.exchanges.bitstamp", "connector.exchanges.binance"} <= on_disk
     missing = sorted(name for name in on_disk if not _declared(name, config))
     assert missing == []

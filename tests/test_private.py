@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from connector.bitstamp.protocol import channel_name, plan_subscriptions, split_channel
-from connector.bitstamp.rest import sign_v2
-from connector.simulate import Simulator
+from connector.exchanges.bitstamp.protocol import channel_name, plan_subscriptions, split_channel
+from connector.exchanges.bitstamp.rest import sign_v2
+from connector.exchanges.bitstamp.simulator import Simulator
 from tests.conftest import Broker
 from tests.harness import connector_process, consume_until
 from tests.test_resilience import env_for, metric, wait_metric

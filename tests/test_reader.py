@@ -13,14 +13,16 @@ from typing import Any
 import orjson
 import pytest
 
-from connector import supervisor
-from connector.arrival import StampedConnection
 from connector.events import MarketEvent
-from connector.exchange import adapter_for
+from connector.exchanges.registry import adapter_for
 from connector.metrics import Metrics
-from connector.recent import RecentTrades
 from connector.settings import load_settings
-from connector.supervisor import Connection, _Link, _Reconnect
+from connector.stream import reader as supervisor
+from connector.stream.arrival import StampedConnection
+from connector.stream.connection import Connection
+from connector.stream.link import Link as _Link
+from connector.stream.link import Reconnect as _Reconnect
+from connector.stream.recent import RecentTrades
 from tests.frames import ORDER_BOOK
 
 
@@ -82,7 +84,7 @@ async def _read_burst(publisher: _Publisher, turns: list[int], turn_cost_s: floa
         settings,
         publisher,  # type: ignore[arg-type]
         metrics,
-        adapter.new_gaps(publisher, RecentTrades(), metrics),  # type: ignore[arg-type]
+        RecentTrades(),
     )
     frames = []
     for i in range(100):  # 100 frames x 0.2 ms: a 20 ms burst
@@ -102,7 +104,7 @@ async def _read_burst(publisher: _Publisher, turns: list[int], turn_cost_s: floa
     await asyncio.sleep(0)
     try:
         with pytest.raises(_Reconnect):  # the burst read, the socket "closed"
-            await conn._read(link)
+            await conn.reader.read(link)
     finally:
         other.cancel()
     return burst

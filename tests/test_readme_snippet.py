@@ -1,4 +1,4 @@
-"""The README's "Reading it in Python" program, run exactly as written against a real
+"""docs/consumers.md's "Reading it in Python" program, run exactly as written against a real
 broker holding the connector's records, with nothing importable but the standard library
 and the packages its install line names (and what they depend on)."""
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from connector.simulate import Simulator
+from connector.exchanges.bitstamp.simulator import Simulator
 from tests.conftest import Broker
 from tests.harness import connector_process
 from tests.test_resilience import env_for, wait_metric
@@ -33,7 +33,7 @@ class Only(importlib.abc.MetaPathFinder):
         top = name.partition(".")[0]
         if top in sys.stdlib_module_names or top in allowed or top.startswith("_"):
             return None
-        raise ModuleNotFoundError(f"No module named {name!r} (not installed by the README)")
+        raise ModuleNotFoundError(f"No module named {name!r} (not installed by the install line)")
 sys.meta_path.insert(0, Only())
 sys.argv = [sys.argv[2], *sys.argv[3:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
@@ -42,8 +42,8 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 
 def snippet() -> tuple[str, list[str]]:
     """The fenced program under "Reading it in Python" and its install line's packages."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("### Reading it in Python", 1)[1].split("\n## ", 1)[0]
+    readme = (ROOT / "docs" / "consumers.md").read_text()
+    section = readme.split("## Reading it in Python", 1)[1].split("\n## ", 1)[0]
     code = section.split("```python\n", 1)[1].split("```", 1)[0]
     install = re.search(r"`pip install ([^`]+)`", section)
     assert install, "the section names no install line"
@@ -123,4 +123,4 @@ async def test_the_readme_snippet_prints_the_connectors_records_and_ends(
     assert [(r["trade_id"], r["price"], r["amount"]) for r in records] == [
         (f["data"]["id_str"], f["data"]["price_str"], f["data"]["amount_str"]) for f in sent
     ]
-    print(f"README snippet: {len(records)} records printed, then it ended on its own")
+    print(f"consumers.md program: {len(records)} records printed, then it ended on its own")

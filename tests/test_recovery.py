@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from connector.bitstamp.recovery import (
-    RecentTrades,
+from connector.errors import ProtocolError
+from connector.events import Side
+from connector.exchanges.bitstamp.recovery import (
     backfill_span,
     snapshot_from_rest,
     trades_from_rest,
 )
-from connector.errors import ProtocolError
-from connector.events import Side
+from connector.stream.recent import RecentTrades
 
 REST_TRADES = [  # newest first, as Bitstamp answers
     {"date": "1700000003", "tid": "105", "price": "37003", "amount": "0.3", "type": "1"},

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from connector.simulate import Simulator
+from connector.exchanges.bitstamp.simulator import Simulator
 from tests.conftest import Broker
 from tests.harness import Running, connector_process, consume_until, metric_value
 
@@ -368,7 +368,7 @@ async def test_kafka_unreachable_for_10_s_loses_nothing_with_the_spool(
 ) -> None:
     """The broker is cut off (not restarted: it keeps its data) for 10 s mid-stream; the
     connector keeps reading, spools, and replays: every frame sent is in Kafka, in order."""
-    from connector.embedded import EmbeddedBroker, free_port
+    from connector.kafka.embedded import EmbeddedBroker, free_port
     from tests.conftest import Broker as BrokerInfo
     from tests.netfault import FaultyLink
 

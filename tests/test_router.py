@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from connector.avro import AvroDecoder, load_schemas
-from connector.bitstamp.decoder import BitstampDecoder
+from connector.encoding.avro import AvroDecoder, load_schemas
+from connector.encoding.registry import SchemaRegistryClient
 from connector.errors import SchemaError
+from connector.exchanges.bitstamp.decoder import BitstampDecoder
+from connector.kafka.router import Router, topic_name
 from connector.metrics import Metrics
-from connector.registry import SchemaRegistryClient
-from connector.router import Router, topic_name
 from tests import frames as F
 from tests.fake_registry import FakeRegistry
 

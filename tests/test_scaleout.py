@@ -15,8 +15,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from connector.bitstamp.protocol import CHANNELS, plan_subscriptions
-from connector.simulate import Simulator
+from connector.exchanges.bitstamp.protocol import CHANNELS, plan_subscriptions
+from connector.exchanges.bitstamp.simulator import Simulator
 from tests.conftest import Broker
 from tests.harness import Running, connector_process, consume_until
 from tests.test_resilience import check_trades_complete, env_for

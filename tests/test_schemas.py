@@ -18,7 +18,7 @@ import fastavro.schema
 import pytest
 from avro.name import Names
 
-from connector.avro import default_schema_dir, load_schemas
+from connector.encoding.avro import default_schema_dir, load_schemas
 
 SCHEMA_DIR = default_schema_dir()
 PREVIOUS = Path(__file__).parent / "data" / "schemas-0.1.0"

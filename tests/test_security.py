@@ -12,7 +12,7 @@ import pytest
 import trustme
 
 from connector.errors import ConfigError
-from connector.kafka_security import client_options
+from connector.kafka.security import client_options
 from connector.settings import effective, load_settings
 
 

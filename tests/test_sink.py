@@ -15,17 +15,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from connector.errors import ConfigError
-from connector.metrics import Metrics
-from connector.rdkafka import rdkafka_config
-from connector.settings import load_settings
-from connector.sink import (
+from connector.kafka.aio import (
     AioProducer,
-    KafkaSink,
     KeyPartitioner,
     batch_builder_modules,
     use_compression_level,
 )
-from connector.topics import ensure_topics
+from connector.kafka.rdkafka import rdkafka_config
+from connector.kafka.sink import KafkaSink
+from connector.kafka.topics import ensure_topics
+from connector.metrics import Metrics
+from connector.settings import load_settings
 from tests.conftest import Broker
 from tests.netfault import cuttable_broker
 
@@ -388,7 +388,6 @@ async def test_a_topic_that_disappeared_is_recreated_and_records_resent_in_order
     await ensure_topics(broker.bootstrap, [topic], 3, 1)
     metrics = Metrics()
     settings = _settings(broker.env(), kafka_retry_backoff_max_s=0.5, topic_partitions=3)
-    sink = KafkaSink(settings, broker.bootstrap, metrics)
     created: list[list[str]] = []
 
     async def creator(topics: list[str]) -> list[str]:
@@ -396,7 +395,7 @@ async def test_a_topic_that_disappeared_is_recreated_and_records_resent_in_order
         created.append(made)
         return made
 
-    sink.topic_creator = creator
+    sink = KafkaSink(settings, broker.bootstrap, metrics, creator)
     await sink.start()
     route = metrics.route("bitstamp", "live_trades", "btcusd")
     for i in range(100):

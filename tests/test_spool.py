@@ -13,7 +13,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from connector.spool import Spool, SpooledRecord, SpoolFull, decode_record, encode_record
+from connector.kafka.spool import Spool, SpooledRecord, SpoolFull, decode_record, encode_record
 
 
 def record(i: int, size: int = 10) -> SpooledRecord:

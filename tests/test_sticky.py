@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connector.sticky import Member, assign
+from connector.group.sticky import Member, assign
 
 
 @given(

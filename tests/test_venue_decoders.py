@@ -8,10 +8,6 @@ import zlib
 import orjson
 import pytest
 
-from connector.binance.decoder import BinanceProtocol
-from connector.bitfinex.decoder import BitfinexProtocol
-from connector.bitfinex.protocol import book_checksum
-from connector.bybit.decoder import BybitProtocol
 from connector.errors import ConfigError, ProtocolError
 from connector.events import (
     BookDelta,
@@ -26,6 +22,10 @@ from connector.events import (
     Trade,
     UnsubscriptionSucceeded,
 )
+from connector.exchanges.binance.decoder import BinanceProtocol
+from connector.exchanges.bitfinex.decoder import BitfinexProtocol
+from connector.exchanges.bitfinex.protocol import book_checksum
+from connector.exchanges.bybit.decoder import BybitProtocol
 from connector.settings import load_settings
 
 RTS = 1_700_000_000_000_000
@@ -450,10 +450,10 @@ def _bybit_rows(times: list[int]) -> dict[str, object]:
 
 
 async def test_bybit_backfill_says_when_the_rest_window_does_not_reach_the_gap() -> None:
-    from connector.bybit.adapter import BybitGaps, category_of
-    from connector.gaps import SubState
+    from connector.exchanges.bybit.recovery import BybitGaps, category_of
     from connector.metrics import Metrics
-    from connector.recent import RecentTrades
+    from connector.stream.gaps import SubState
+    from connector.stream.recent import RecentTrades
 
     assert category_of("wss://stream.bybit.com/v5/public/linear") == "linear"
     assert category_of("ws://127.0.0.1:9") == "spot"
@@ -475,7 +475,7 @@ async def test_bybit_backfill_says_when_the_rest_window_does_not_reach_the_gap()
 
 
 def test_bitfinex_rest_trades_keep_exact_numbers() -> None:
-    from connector.bitfinex.adapter import BitfinexRest, rest_trades
+    from connector.exchanges.bitfinex.recovery import BitfinexRest, rest_trades
 
     payload = BitfinexRest.parse(
         b"[[1,1574694475039,-0.10000000000000001,7245.3],[2,1574694475040,3,7245]]"

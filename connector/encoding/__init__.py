@@ -1,0 +1,1 @@
+"""Avro: compiled writers, record encoders and schemas, the schema registry client."""
