@@ -83,6 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--book-depth", type=int, default=100)
+    s.add_argument("--tls-cert", help="serve wss:// and https:// with this certificate (PEM)")
+    s.add_argument("--tls-key", help="... and this private key (PEM)")
     s.add_argument(
         "--mix",
         default="",
@@ -182,6 +184,10 @@ async def _simulate(args: argparse.Namespace) -> int:
         book_depth=args.book_depth,
         weights=weights,
     )
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise ConfigError("--tls-cert and --tls-key go together")
+        server.use_tls(args.tls_cert, args.tls_key)
     await server.serve_forever(stop)
     return 0
 

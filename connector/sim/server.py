@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Coroutine
 from http import HTTPStatus
 from typing import Any
@@ -49,6 +50,14 @@ class SimServer:
         self._server: Server | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._tls: ssl.SSLContext | None = None
+
+    def use_tls(self, certfile: str, keyfile: str) -> None:
+        """Serve wss:// and https:// (clients that only speak TLS; certificates of a
+        throwaway CA in tests and the benchmark)."""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(certfile, keyfile)
+        self._tls = context
 
     # --- what each exchange's simulator supplies ----------------------------------------
     async def _handle(self, ws: ServerConnection) -> None:
@@ -86,13 +95,14 @@ class SimServer:
             process_request=self._process_request,
             compression=None,
             max_size=self.max_size,
+            ssl=self._tls,
         )
         self.port = next(iter(self._server.sockets)).getsockname()[1]
         app = web.Application()
         app.router.add_route("*", "/{tail:.*}", self._rest_http)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.host, self.rest_port)
+        site = web.TCPSite(self._runner, self.host, self.rest_port, ssl_context=self._tls)
         await site.start()
         self.rest_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self._tasks = [asyncio.create_task(work) for work in self.background()]
@@ -100,11 +110,11 @@ class SimServer:
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
+        return f"{'wss' if self._tls else 'ws'}://{self.host}:{self.port}"
 
     @property
     def rest_url(self) -> str:
-        return f"http://{self.host}:{self.rest_port}"
+        return f"{'https' if self._tls else 'http'}://{self.host}:{self.rest_port}"
 
     async def serve_forever(self, stop: asyncio.Event) -> None:
         await self.start()

@@ -419,7 +419,7 @@ class Simulator(SimServer):
             return HTTPStatus.METHOD_NOT_ALLOWED, {"status": "error", "reason": "Method"}
         if path.rstrip("/") == "/api/v2/trading-pairs-info":
             body: Any = [
-                {"name": m.upper(), "url_symbol": m, "trading": "Enabled"} for m in self.markets
+                {"name": _pair_name(m), "url_symbol": m, "trading": "Enabled"} for m in self.markets
             ]
             return HTTPStatus.OK, body
         if path == "/_sim/stats":
@@ -543,3 +543,10 @@ def for_cli(
         book_depth=book_depth,
         rate_weights=weights,
     )
+
+
+def _pair_name(market: str) -> str:
+    """Bitstamp's display name of a market: ``btcusd`` → ``BTC/USD``, ``btcusd-perp`` →
+    ``BTC/USD-PERP`` (the quote is the last three letters before any suffix)."""
+    spot, dash, suffix = market.partition("-")
+    return f"{spot[:-3].upper()}/{spot[-3:].upper()}{dash}{suffix.upper()}"
