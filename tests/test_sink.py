@@ -7,6 +7,7 @@ import logging
 import os
 from collections.abc import Iterator
 from functools import partial
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer
@@ -121,7 +122,9 @@ async def test_aiokafka_batches_settle_each_record_once_and_a_failed_handover_fa
             mine = [v for v in order if int(v) % 4 == keys.index(key)]
             assert mine == sorted(mine)
 
-        # A hand-over that fails after records joined the batch while it waited.
+        # A hand-over through the pump (a topic whose metadata is not known yet) that
+        # fails: the record's batch and the records queued behind it all get the
+        # failure (retriable: the sink resends them in order); none is left without one.
         client = producer.client
         real = client.send_batch
         release = asyncio.Event()
@@ -130,18 +133,16 @@ async def test_aiokafka_batches_settle_each_record_once_and_a_failed_handover_fa
             await release.wait()
             raise KafkaTimeoutError()
 
-        await asyncio.sleep(0.1)  # the earlier batches are drained: the next one is new
+        fresh = f"{topic_prefix}.fresh"
+        await ensure_topics(broker.bootstrap, [fresh], 1, 1)
         client.send_batch = failing
-        first = asyncio.create_task(produce(b"btcusd", b"first"))
-        await asyncio.sleep(0)  # it now waits in send_batch, its batch open
-        for v in (b"j1", b"j2", b"j3"):
-            await produce(b"btcusd", v)  # join it
+        for v in (b"first", b"j1", b"j2", b"j3"):
+            await producer.produce(fresh, v, b"btcusd", [], partial(on_done, v))
+        await asyncio.sleep(0.5)  # the pump fetched the metadata and waits in send_batch
+        assert not any(v in outcomes for v in (b"first", b"j1", b"j2", b"j3"))
         release.set()
-        with pytest.raises(KafkaTimeoutError):
-            await first
-        assert b"first" not in outcomes  # its failure was raised, not reported
         await asyncio.sleep(0.05)
-        for v in (b"j1", b"j2", b"j3"):
+        for v in (b"first", b"j1", b"j2", b"j3"):
             assert len(outcomes[v]) == 1 and isinstance(outcomes[v][0], KafkaTimeoutError)
         client.send_batch = real
         await produce(b"btcusd", b"after")
@@ -150,6 +151,46 @@ async def test_aiokafka_batches_settle_each_record_once_and_a_failed_handover_fa
                 await asyncio.sleep(0.01)
         assert outcomes[b"after"] == [None]
     finally:
+        await sink.close()
+
+
+async def test_batches_opened_within_the_linger_reach_kafka_in_one_request(
+    broker: Broker, topic_prefix: str
+) -> None:
+    """The linger is one for all partitions: the first records of ten topics, produced
+    within it, wait here and then go to aiokafka together, in one produce request, and
+    every record is acknowledged."""
+    topics = [f"{topic_prefix}.linger{i}" for i in range(10)]
+    await ensure_topics(broker.bootstrap, topics, 1, 1)
+    sink = KafkaSink(_settings(broker.env(), kafka_linger_ms=200), broker.bootstrap, Metrics())
+    await sink.start()
+    producer = sink._producer
+    assert isinstance(producer, AioProducer)
+    for topic in topics:  # metadata, and a first batch each, settled
+        await producer.produce(topic, b"warm", b"k", [], lambda exc: None)
+    await sink.flush(10)
+    requests: list[int] = []
+    real_send = producer.client.client.send
+
+    async def counting(node_id: int, request: object, **kw: object) -> object:
+        if type(request).__name__.startswith("ProduceRequest"):
+            requests.append(sum(len(parts) for _, parts in request._topics))  # type: ignore[attr-defined]
+        return await real_send(node_id, request, **kw)
+
+    producer.client.client.send = counting  # type: ignore[method-assign]
+    done: list[BaseException | None] = []
+    try:
+        for topic in topics:
+            await producer.produce(topic, b"v", b"k", [], done.append)
+            await asyncio.sleep(0.01)  # spread over 100 ms, within the 200 ms linger
+        assert requests == [] and len(producer._open) == 10  # all still lingering here
+        async with asyncio.timeout(10):
+            while len(done) < 10:
+                await asyncio.sleep(0.01)
+        assert done == [None] * 10
+        assert requests == [10]  # one request with the ten partitions
+    finally:
+        producer.client.client.send = real_send  # type: ignore[method-assign]
         await sink.close()
 
 
@@ -406,17 +447,22 @@ async def test_a_topic_that_disappeared_is_recreated_and_records_resent_in_order
     try:
         await admin.delete_topics([topic])
         client = sink._producer.client  # type: ignore[union-attr]  # aiokafka's
-        real_send = client.send_batch
+        accumulator = client._message_accumulator
+        real_append = accumulator._append_batch
         refusals = 5
 
-        async def send_batch(batch: object, t: str, **kw: object) -> object:
+        def append(builder: object, tp: Any) -> Any:
+            # The batch aiokafka takes is refused as the broker would refuse it.
             nonlocal refusals
-            if t == topic and refusals:
+            batch = real_append(builder, tp)
+            if tp.topic == topic and refusals:
                 refusals -= 1
-                raise UnknownTopicOrPartitionError()
-            return await real_send(batch, t, **kw)
+                accumulator._batches[tp].remove(batch)
+                batch.drain_ready()
+                batch.failure(exception=UnknownTopicOrPartitionError())
+            return batch
 
-        client.send_batch = send_batch
+        accumulator._append_batch = append
         for i in range(100, 200):
             await sink.send(topic, b"k", b"%04d" % i, [], route, 0.0)
         assert await sink.flush(30), f"{sink.pending} pending"

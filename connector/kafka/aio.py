@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import random
 from collections import deque
@@ -27,6 +28,7 @@ from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     KafkaError,
     MessageSizeTooLargeError,
+    ProducerClosed,
 )
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -147,31 +149,51 @@ class AioProducer:
     partitioner, the same ``max_request_size`` check, one batch per partition at a time
     in its accumulator.
 
-    ``produce`` never waits on Kafka. aiokafka's ``send_batch`` waits while its
-    accumulator still holds an undrained batch of that partition, and looks metadata up
-    for a topic it does not know: while the broker is unreachable, that is up to
-    ``request_timeout_ms`` per call, and the caller (the WebSocket reader) would stop
-    reading, its heartbeat replies unread, until the exchange connection is declared
-    dead. So a record that cannot be placed at once joins a backlog, in order, and one
-    pump task hands the backlog to aiokafka with those waits; while the backlog is not
-    empty every record joins it (per-partition order). Memory stays bounded by the
-    sink's in-flight slots, which every record here holds."""
+    The linger is this class's, one for all partitions (aiokafka itself runs with
+    ``linger_ms=0``): a new batch stays here until ``linger`` after the first record
+    that opened one, then every batch opened meanwhile goes to aiokafka's accumulator at
+    once, and its sender takes them in one produce request per broker. aiokafka's own
+    linger is per batch, so the records of one burst spread over several requests; at
+    the rates users run each batch holds a record or two, and every request costs more
+    than the records in it.
+
+    ``produce`` never waits on Kafka. aiokafka's ``send_batch`` looks metadata up for a
+    topic it does not know (and waits while a batch of the partition is undrained):
+    while the broker is unreachable, that is up to ``request_timeout_ms`` per call, and
+    the caller (the WebSocket reader) would stop reading, its heartbeat replies unread,
+    until the exchange connection is declared dead. So a batch whose partition is known
+    is appended to the accumulator directly, behind that partition's undrained ones; a
+    record whose topic has no metadata yet joins a backlog, in order, and one pump task
+    hands the backlog to aiokafka with those waits; while the backlog is not empty every
+    record joins it (per-partition order). Memory stays bounded by the sink's in-flight
+    slots, which every record here holds."""
 
     __slots__ = (
+        "_accumulator",
         "_backlog",
         "_batches",
         "_by_key",
         "_by_partition",
+        "_flush",
+        "_linger",
         "_max_request_size",
+        "_open",
         "_partitioner",
         "_pump",
         "client",
     )
 
     def __init__(
-        self, client: AIOKafkaProducer, partitioner: KeyPartitioner, max_request_size: int
+        self,
+        client: AIOKafkaProducer,
+        partitioner: KeyPartitioner,
+        max_request_size: int,
+        linger_s: float = 0.0,
     ) -> None:
         self.client = client
+        self._linger = linger_s
+        self._open: dict[tuple[str, int], _OpenBatch] = {}  # not handed to aiokafka yet
+        self._flush: asyncio.TimerHandle | None = None
         self._partitioner = partitioner
         self._max_request_size = max_request_size
         self._by_key: dict[tuple[str, bytes], _OpenBatch] = {}  # the batch a key used last
@@ -181,14 +203,14 @@ class AioProducer:
         # aiokafka's undrained batches per partition (its accumulator's own map): where
         # one is pending, send_batch would wait. Without it (another aiokafka), every new
         # batch goes through the pump, which may wait.
-        self._batches: dict[Any, Any] | None = getattr(
-            getattr(client, "_message_accumulator", None), "_batches", None
-        )
+        self._accumulator: Any = getattr(client, "_message_accumulator", None)
+        self._batches: dict[Any, Any] | None = getattr(self._accumulator, "_batches", None)
 
     async def start(self) -> None:
         await self.client.start()
 
     async def stop(self) -> None:
+        self._flush_open()  # what lingers here goes to aiokafka, which flushes it
         if self._pump is not None:
             self._pump.cancel()
             await asyncio.gather(self._pump, return_exceptions=True)
@@ -205,9 +227,12 @@ class AioProducer:
             if placed is True:
                 return
             if placed is not False:
-                # Nothing of this partition is undrained and its metadata is known:
-                # send_batch returns without waiting. A failure is this record's to raise.
-                await self._hand_over(*placed, own=on_done)
+                tp, batch = placed
+                self._open[tp] = batch
+                if self._flush is None:
+                    self._flush = asyncio.get_running_loop().call_later(
+                        self._linger, self._flush_open
+                    )
                 return
         self._backlog.append((topic, value, key, headers, on_done))
         if self._pump is None:
@@ -276,9 +301,44 @@ class AioProducer:
         tp = self._partition_of(topic, key, partitions)
         if self._join_partition(tp, value, key, headers, on_done):
             return True
-        if self._batches is None or self._batches.get(TopicPartition(*tp)):
-            return False
+        accumulator = self._accumulator
+        if self._batches is None or accumulator._closed or accumulator._exception is not None:
+            return False  # the pump's send_batch says what is wrong
+        full = self._open.pop(tp, None)
+        if full is not None:
+            self._hand_over_now(tp, full)  # the full batch first: per-partition order
         return tp, self._open_batch(tp, value, key, headers, on_done)
+
+    def _flush_open(self) -> None:
+        """The linger is over: every batch opened since goes to aiokafka, whose sender
+        takes them in one request per broker."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        batches, self._open = self._open, {}
+        for tp, batch in batches.items():
+            self._hand_over_now(tp, batch)
+
+    def _hand_over_now(self, tp: tuple[str, int], batch: _OpenBatch) -> None:
+        """aiokafka's ``send_batch`` without its waits: the partition is known (from the
+        metadata) and the batch queues behind the partition's undrained ones."""
+        accumulator = self._accumulator
+        failure = accumulator._exception
+        if accumulator._closed or failure is not None:
+            self._fail_open(tp, batch, copy.copy(failure) if failure else ProducerClosed())
+            return
+        handed = accumulator._append_batch(batch.builder, TopicPartition(*tp))
+        handed.future.add_done_callback(partial(self._settled, tp, batch))
+
+    def _fail_open(self, tp: tuple[str, int], batch: _OpenBatch, exc: BaseException) -> None:
+        """A batch aiokafka never had fails: its records get ``exc`` through the loop."""
+        batch.builder.close()
+        batch.builder = _SETTLED
+        if self._by_partition.get(tp) is batch:
+            del self._by_partition[tp]
+        callbacks, batch.callbacks = batch.callbacks, []
+        if callbacks:
+            asyncio.get_running_loop().call_soon(_settle_all, callbacks, exc)
 
     async def _drain_backlog(self) -> None:
         try:
@@ -319,6 +379,9 @@ class AioProducer:
         tp = self._partition_of(topic, key, partitions)
         if self._join_partition(tp, value, key, headers, on_done):
             return None
+        lingering = self._open.pop(tp, None)
+        if lingering is not None:  # it holds this partition's earlier records
+            self._hand_over_now(tp, lingering)
         return await self._hand_over(tp, self._open_batch(tp, value, key, headers, on_done))
 
     async def _hand_over(
@@ -359,6 +422,9 @@ class AioProducer:
             for later in self._batches.pop(TopicPartition(*tp), ()):
                 later.drain_ready()
                 later.failure(exception=exc)
+        lingering = self._open.pop(tp, None)
+        if lingering is not None:
+            self._fail_open(tp, lingering, exc)
         self._fail_backlog(exc)
 
 

@@ -41,11 +41,12 @@ def new_producer(settings: Settings, bootstrap_servers: str) -> AioProducer | Rd
             compression_type=None
             if settings.kafka_compression == "none"
             else settings.kafka_compression,
-            linger_ms=settings.kafka_linger_ms,
+            linger_ms=0,  # AioProducer lingers, for all partitions at once
             max_batch_size=settings.kafka_max_batch_bytes,
             max_request_size=max_request_size,
             request_timeout_ms=settings.kafka_request_timeout_ms,
             partitioner=partitioner,
             **client_options(settings),
         )
-        return AioProducer(client, partitioner, max_request_size)
+        linger_s = settings.kafka_linger_ms / 1000
+        return AioProducer(client, partitioner, max_request_size, linger_s)
