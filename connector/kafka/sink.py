@@ -316,6 +316,8 @@ class KafkaSink:
     ) -> None:
         if self._closing:
             raise DeliveryError("sink is closed", retriable=False)
+        if receive_ts:
+            self._metrics.handoff_latency.observe(time.time() - receive_ts)
         self._routes_by_topic[topic] = route
         if self._write_ahead:
             pos = await self._spool_first(
