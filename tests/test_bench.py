@@ -71,7 +71,9 @@ def test_a_loss_is_reported_and_fails_the_run(
         assert "connector.log" not in err and "LOSS in connector:" not in err
 
 
-def _step(bench: ModuleType, offered: int, per_core: int, kept_up: bool, p99: float) -> object:
+def _step(
+    bench: ModuleType, offered: int, per_core: int, kept_up: bool, p99: float, own: float = 0.4
+) -> object:
     """A step whose share of records within 10 ms follows its p99 (as a histogram's would)."""
     return bench.Step(
         offered_target=offered,
@@ -87,30 +89,73 @@ def _step(bench: ModuleType, offered: int, per_core: int, kept_up: bool, p99: fl
         rss_mb=80.0,
         kept_up=kept_up,
         within_target=0.995 if p99 < 10 else 0.98,
+        handoff_p99_ms=own,
     )
+
+
+def _by_target(verdicts: list[dict[str, object]]) -> dict[str, dict[str, object]]:
+    return {str(v["target"]): v for v in verdicts}
 
 
 def test_the_targets_verdict_reads_the_busiest_step_that_kept_up(bench: ModuleType) -> None:
-    steps = [
-        _step(bench, 5_000, 12_000, True, 80.0),
-        _step(bench, 20_500, 22_000, True, 60.0),
-        _step(bench, 25_000, 19_000, False, 300.0),  # fell behind: not what it sustained
-    ]
-    quiet = [_step(bench, 5_000, 10_000, True, 12.1)]
-    mem = {"subscriptions": 1500, "rss_mb_steady": 93.7}
-    throughput, latency, memory = bench.targets(steps, quiet, mem)
-    assert (throughput["met"], latency["met"], memory["met"]) == (True, False, True)
-    assert throughput["measured"].startswith("20500/s delivered")
-    assert "(22000 msg/s per core)" in throughput["measured"]
-    assert latency["measured"].startswith("98.00 % of records within 10 ms; p99 12.1 ms")
-
-    short = [_step(bench, 19_000, 25_000, True, 90.0), _step(bench, 24_000, 30_000, False, 9.0)]
-    fast = [_step(bench, 5_000, 10_000, True, 9.9)]
-    verdict = bench.targets(short, fast, None)
-    assert [t["met"] for t in verdict] == [False, True]  # 19 000/s sustained is not 20 000
-    assert bench.targets([_step(bench, 24_000, 30_000, False, 9.0)], [], None)[0]["measured"] == (
-        "no step kept up"
+    runs = bench.Runs(
+        steps=[
+            _step(bench, 5_000, 12_000, True, 80.0),
+            _step(bench, 20_500, 22_000, True, 60.0),
+            _step(bench, 25_000, 19_000, False, 300.0),  # fell behind: not what it sustained
+        ],
+        quiet=[_step(bench, 5_000, 10_000, True, 12.1, own=1.4)],
+        mem={"subscriptions": 1500, "rss_mb_steady": 93.7},
+        user={"trades+diffs": [_step(bench, 1_000, 25_000, True, 8.0)]},
+        ref=[{"client": "aiokafka", "consumer": False, "rate": 5000, "send_ack_p99_ms": 11.0}],
+        peer={
+            "ratios": {"1000": 5.5},
+            "rows": [
+                {"who": "connector", "rate": 1000, "cpu_us_per_msg": 40.0, "delivered_per_s": 1000},
+                {
+                    "who": "cryptofeed",
+                    "rate": 1000,
+                    "cpu_us_per_msg": 220.0,
+                    "delivered_per_s": 990,
+                    "offered_per_s": 1000,
+                },
+            ],
+        },
     )
+    v = _by_target(bench.targets(runs))
+    throughput = v[">= 20000 msg/s sustained on one core (a step that kept up)"]
+    assert throughput["met"] and str(throughput["measured"]).startswith("20500/s delivered")
+    assert "(22000 msg/s per core)" in str(throughput["measured"])
+    saturation = v["<= 45 µs CPU per message at saturation"]
+    assert not saturation["met"] and saturation["measured"] == "45.5 µs at 20500/s"
+    user = v["<= 50 µs CPU per message at 1000/s (trades+diffs, 10 markets)"]
+    assert user["met"] and user["measured"] == "40.0 µs (1000/s delivered)"
+    peer = v[">= 5x less CPU per message than cryptofeed at 1000/s"]
+    assert peer["met"] and str(peer["measured"]).startswith("5.5x: connector 40.0 µs")
+    own = next(x for k, x in v.items() if k.startswith("the connector's own leg"))
+    assert not own["met"] and own["measured"] == "p99 1.4 ms"
+    e2e = next(x for k, x in v.items() if k.startswith("end-to-end p99 within 1.2x"))
+    assert e2e["met"] and str(e2e["measured"]).endswith("1.1x")  # 12.1 / 11.0
+    latency = next(x for k, x in v.items() if k.startswith("p99 receive→ack < 10 ms"))
+    assert not latency["met"]
+    assert str(latency["measured"]).startswith("98.00 % of records within 10 ms; p99 12.1 ms")
+    assert v["RSS < 150 MB with 1500 subscriptions"]["met"]
+
+    short = bench.Runs(
+        steps=[_step(bench, 19_000, 25_000, True, 90.0), _step(bench, 24_000, 30_000, False, 9.0)]
+    )
+    first = bench.targets(short)[0]
+    assert not first["met"]  # 19 000/s sustained is not 20 000
+    lost = bench.Runs(steps=[_step(bench, 24_000, 30_000, False, 9.0)])
+    assert bench.targets(lost)[0]["measured"] == "no step kept up"
+    skipped = bench.targets(bench.Runs(peer={"skipped": "no peer virtualenv"}))
+    assert skipped == [
+        {
+            "target": "a peer measured side by side",
+            "measured": "skipped: no peer virtualenv",
+            "met": False,
+        }
+    ]
 
 
 async def test_the_share_within_the_latency_target_is_exact_at_a_bucket_bound(
