@@ -570,18 +570,7 @@ async def throughput(
 
 PEER_PYTHON = ROOT / ".venv-peer" / "bin" / "python"
 # cryptofeed's Bitstamp feed knows spot markets by their "BASE/QUOTE" names: ten of them.
-PEER_MARKETS = [
-    "btcusd",
-    "ethusd",
-    "xrpusd",
-    "solusd",
-    "ltcusd",
-    "adausd",
-    "dogeusd",
-    "linkusd",
-    "dotusd",
-    "avaxusd",
-]
+PEER_MARKETS = [*MARKETS[:8], "dotusd", "avaxusd"]
 TARGET_PEER_RATIO = 5.0
 
 
