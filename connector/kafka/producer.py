@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from aiokafka import AIOKafkaProducer
 
 from connector.errors import ConfigError
+from connector.kafka import produce_wire
 from connector.kafka.aio import AioProducer, KeyPartitioner, use_compression_level
 from connector.kafka.security import client_options
 
@@ -31,6 +32,7 @@ def new_producer(settings: Settings, bootstrap_servers: str) -> AioProducer | Rd
             ) from exc
     else:
         use_compression_level(settings.kafka_compression, settings.compression_level)
+        produce_wire.install()
         partitioner = KeyPartitioner()
         max_request_size = max(settings.kafka_max_batch_bytes, settings.ws_max_size_bytes)
         client = AIOKafkaProducer(
