@@ -818,6 +818,7 @@ async def _reference_run(
     rate: float,
     template: str,
     request_floor: bool = False,
+    mix: dict[str, float] = MIX,
 ) -> dict[str, Any] | None:
     cmd = [
         sys.executable,
@@ -831,7 +832,7 @@ async def _reference_run(
         "--warmup",
         str(args.warmup),
         "--mix",
-        json.dumps(MIX),
+        json.dumps(mix),
         "--markets",
         ",".join(MARKETS),
         "--book-depth",
@@ -857,6 +858,83 @@ async def _reference_run(
         return None
     result: dict[str, Any] = json.loads(stdout.decode().strip().splitlines()[-1])
     return result
+
+
+def launch_wsfloor(url: str, subs: list[tuple[str, str]]) -> subprocess.Popen[bytes]:
+    """bench/wsfloor.py reading ``subs`` from ``url``, on core 1 (the connector's)."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "wsfloor.py"),
+            url,
+            ",".join(f"{c}_{m}" for c, m in subs),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    pin(proc.pid, {1})
+    return proc
+
+
+async def floors(
+    args: argparse.Namespace, bootstrap: str, embedded: bool
+) -> dict[str, dict[str, dict[str, float | None]]]:
+    """What the user-rate streams cost without the connector, in the same run, on the
+    same core: a bare websockets client reading the stream and doing nothing with it
+    (bench/wsfloor.py; µs of CPU per frame) and the bare aiokafka producer sending the
+    same records at the same rate (bench/reference.py; µs per record). Their sum is what
+    reading and producing alone cost here, before any decoding, encoding or bookkeeping:
+    the reason given with a CPU target the connector misses."""
+    out: dict[str, dict[str, dict[str, float | None]]] = {}
+    for i, name in enumerate(args.user_mixes):
+        mix = USER_MIXES[name]
+        subs = subscriptions(MARKETS, mix)
+        weight = sum(mix[c] for c, _ in subs)
+        sim_port = free_port()
+        sim = start_sim(sim_port, MARKETS, args.user_rates[0] / weight, args.book_depth, mix)
+        reader = None
+        rows: dict[str, dict[str, float | None]] = {}
+        async with httpx.AsyncClient() as client:
+            try:
+                await wait_http(client, f"http://127.0.0.1:{sim_port}/_sim/stats")
+                reader = launch_wsfloor(f"ws://127.0.0.1:{sim_port}", subs)
+                for rate in args.user_rates:
+                    await client.get(
+                        f"http://127.0.0.1:{sim_port}/_sim/rate", params={"value": rate / weight}
+                    )
+                    await asyncio.sleep(args.warmup)
+                    s0, cpu0 = await sim_sent(client, sim_port), cpu_seconds(reader.pid)
+                    await asyncio.sleep(args.duration)
+                    s1, cpu1 = await sim_sent(client, sim_port), cpu_seconds(reader.pid)
+                    rows[str(int(rate))] = {
+                        "websockets_us": round(1e6 * (cpu1 - cpu0) / (s1 - s0), 1)
+                        if s1 > s0
+                        else None
+                    }
+            finally:
+                stop_all(reader, sim)
+        for rate in args.user_rates:
+            ref = await _reference_run(
+                args,
+                bootstrap,
+                embedded,
+                "aiokafka",
+                rate,
+                f"benchfloor{i}.{{exchange}}.{{channel}}.{{market}}",
+                mix=mix,
+            )
+            rows[str(int(rate))]["producer_us"] = (
+                round(1000 * ref["cpu_s_per_1000"], 1) if ref else None
+            )
+        for rate, row in rows.items():
+            print(
+                f"  {name} at {rate}/s: a bare websockets reader {row['websockets_us']} µs a "
+                f"frame, the bare aiokafka producer {row['producer_us']} µs a record",
+                flush=True,
+            )
+        out[name] = rows
+    return out
 
 
 async def memory(args: argparse.Namespace, bootstrap: str, embedded: bool) -> dict[str, Any]:
@@ -1148,6 +1226,7 @@ class Runs:
     ref: list[dict[str, Any]] = field(default_factory=list)
     mem: dict[str, Any] | None = None
     user: dict[str, list[Step]] = field(default_factory=dict)  # by mix
+    floors: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)
     peer: dict[str, Any] | None = None
     broker: str = "external"
 
@@ -1182,6 +1261,9 @@ async def run_scenarios(args: argparse.Namespace) -> Runs:
                 mix=USER_MIXES[name],
                 duration=args.user_duration,
             )
+        if args.user_rates and args.user_mixes:
+            print("the same streams without the connector (floors):", flush=True)
+            runs.floors = await floors(args, bootstrap, broker is not None)
         if args.peer_rates:
             print("side by side with cryptofeed (Kafka backend), same stream:", flush=True)
             runs.peer = await side_by_side(args, bootstrap, broker is not None)
@@ -1282,6 +1364,7 @@ def result_of(args: argparse.Namespace, runs: Runs) -> dict[str, Any]:
         "profiles": args.profiles,
         "end_to_end": args.totals,
         "user_steps": {name: [asdict(s) for s in steps] for name, steps in runs.user.items()},
+        "floors": runs.floors,
         "side_by_side": runs.peer,
         "targets": targets(runs),
     }
@@ -1366,10 +1449,19 @@ def targets(runs: Runs) -> list[dict[str, Any]]:
 
     for name, steps in runs.user.items():
         for step in steps:
+            floor = runs.floors.get(name, {}).get(str(int(step.offered_target)), {})
+            ws, producer = floor.get("websockets_us"), floor.get("producer_us")
             verdict(
                 f"<= {TARGET_USER_US:g} µs CPU per message at {int(step.offered_target)}/s "
                 f"({name}, {len(MARKETS)} markets)",
-                f"{_us(step)} µs ({step.delivered}/s delivered)",
+                f"{_us(step)} µs ({step.delivered}/s delivered)"
+                + (
+                    f"; the same stream without the connector, in this run: a bare websockets "
+                    f"reader {ws} µs a frame, the bare aiokafka producer {producer} µs a "
+                    f"record ({round(ws + producer, 1)} µs together)"
+                    if ws is not None and producer is not None
+                    else ""
+                ),
                 _us(step) <= TARGET_USER_US,
             )
     if runs.steps:

@@ -158,6 +158,26 @@ def test_the_targets_verdict_reads_the_busiest_step_that_kept_up(bench: ModuleTy
     ]
 
 
+def test_a_missed_cpu_target_says_what_the_same_stream_costs_without_the_connector(
+    bench: ModuleType,
+) -> None:
+    """The reason given with a user-rate CPU verdict: the floors measured in the same run
+    for the same mix and rate (a bare websockets reader, the bare producer)."""
+    runs = bench.Runs(
+        user={"trades+diffs": [_step(bench, 1_000, 5_000, True, 8.0)]},
+        floors={"trades+diffs": {"1000": {"websockets_us": 61.5, "producer_us": 140.0}}},
+    )
+    verdict = bench.targets(runs)[0]
+    assert not verdict["met"]
+    assert verdict["measured"] == (
+        "200.0 µs (1000/s delivered); the same stream without the connector, in this run: "
+        "a bare websockets reader 61.5 µs a frame, the bare aiokafka producer 140.0 µs a "
+        "record (201.5 µs together)"
+    )
+    no_floor = bench.Runs(user=runs.user, floors={"trades+diffs": {"3000": {}}})
+    assert bench.targets(no_floor)[0]["measured"] == "200.0 µs (1000/s delivered)"
+
+
 async def test_the_share_within_the_latency_target_is_exact_at_a_bucket_bound(
     bench: ModuleType,
 ) -> None:
