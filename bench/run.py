@@ -44,6 +44,7 @@ from aiokafka import AIOKafkaConsumer
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from connector.exchanges.bitstamp.simulator import TICK_S  # noqa: E402
 from connector.kafka.embedded import EmbeddedBroker, free_port  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -1497,10 +1498,21 @@ def targets(runs: Runs) -> list[dict[str, Any]]:
     if at_rate:
         step = at_rate[0]
         own = step.handoff_p99_ms
+        # The simulator sends each tick's frames at once: the last of a tick's frames waits
+        # behind the others, each taking the step's CPU per message.
+        burst = round(TARGET_LATENCY_RATE * TICK_S)
+        behind_ms = round(burst * _us(step) / 1000, 1)
         verdict(
             f"the connector's own leg (frame received → record handed to the sink) p99 "
             f"<= 1 ms at {TARGET_LATENCY_RATE}/s",
-            f"p99 {own} ms",
+            f"p99 {own} ms"
+            + (
+                f"; the simulator sends {burst} frames at once every {TICK_S * 1000:g} ms, and "
+                f"at {_us(step)} µs a message the last of them waits about {behind_ms} ms "
+                "behind the others"
+                if own is not None and own > 1.0
+                else ""
+            ),
             own is not None and own <= 1.0,
         )
         floor = next(
@@ -1518,7 +1530,9 @@ def targets(runs: Runs) -> list[dict[str, Any]]:
                 f"end-to-end p99 within 1.2x the bare producer's send→ack p99 at "
                 f"{TARGET_LATENCY_RATE}/s (the broker's floor on this machine)",
                 f"receive→ack p99 {step.p99_ms} ms, bare producer {floor} ms: "
-                f"{round(step.p99_ms / floor, 2) if step.p99_ms else 'n/a'}x",
+                f"{round(step.p99_ms / floor, 2) if step.p99_ms else 'n/a'}x (the connector's "
+                f"send→ack p99 {step.send_ack_p99_ms} ms: its producer shares the core with "
+                f"the reader's bursts; its own leg p99 {own} ms)",
                 step.p99_ms is not None and step.p99_ms <= 1.2 * floor,
             )
         within = step.within_target

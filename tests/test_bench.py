@@ -133,9 +133,14 @@ def test_the_targets_verdict_reads_the_busiest_step_that_kept_up(bench: ModuleTy
     peer = v[">= 5x less CPU per message than cryptofeed at 1000/s"]
     assert peer["met"] and str(peer["measured"]).startswith("5.5x: connector 40.0 µs")
     own = next(x for k, x in v.items() if k.startswith("the connector's own leg"))
-    assert not own["met"] and own["measured"] == "p99 1.4 ms"
+    # the reason: the simulator's tick of 50 frames at 5 000/s, each at the step's 100 µs
+    assert not own["met"] and own["measured"] == (
+        "p99 1.4 ms; the simulator sends 50 frames at once every 10 ms, and at 100.0 µs a "
+        "message the last of them waits about 5.0 ms behind the others"
+    )
     e2e = next(x for k, x in v.items() if k.startswith("end-to-end p99 within 1.2x"))
-    assert e2e["met"] and str(e2e["measured"]).endswith("1.1x")  # 12.1 / 11.0
+    assert e2e["met"] and "bare producer 11.0 ms: 1.1x (" in str(e2e["measured"])  # 12.1 / 11
+    assert str(e2e["measured"]).endswith("its own leg p99 1.4 ms)")
     latency = next(x for k, x in v.items() if k.startswith("p99 receive→ack < 10 ms"))
     assert not latency["met"]
     assert str(latency["measured"]).startswith("98.00 % of records within 10 ms; p99 12.1 ms")
