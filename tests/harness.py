@@ -156,3 +156,21 @@ async def consume_until(
         if registry:
             await registry.close()
     return out
+
+
+async def consume(bootstrap: str, topic: str, n: int, timeout: float = 30) -> list[bytes]:
+    """The raw values of one topic from its start, until ``n`` arrived or ``timeout``."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    await consumer.start()
+    out: list[bytes] = []
+    try:
+        async with asyncio.timeout(timeout):
+            while len(out) < n:
+                batch = await consumer.getmany(timeout_ms=500)
+                for msgs in batch.values():
+                    out.extend(m.value for m in msgs)
+    except TimeoutError:
+        pass
+    finally:
+        await consumer.stop()
+    return out

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from aiokafka.producer import sender as aiokafka_sender
 from aiokafka.protocol import produce as aiokafka_produce
 from hypothesis import given
@@ -20,6 +19,7 @@ from connector.kafka.topics import ensure_topics
 from connector.metrics import Metrics
 from connector.settings import load_settings
 from tests.conftest import Broker
+from tests.harness import consume
 
 VERSIONS = range(3, 8)
 topic_names = st.text(min_size=1, max_size=40)
@@ -124,16 +124,5 @@ async def test_the_broker_takes_the_requests_and_its_answers_settle_every_record
     assert outcomes == [None] * 300
     assert type(negotiated) in produce_wire.REQUESTS.values()
     for t, topic in enumerate(topics):
-        consumer = AIOKafkaConsumer(
-            topic, bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest"
-        )
-        await consumer.start()
-        got: list[bytes] = []
-        try:
-            async with asyncio.timeout(20):
-                while len(got) < 100:
-                    for msgs in (await consumer.getmany(timeout_ms=500)).values():
-                        got.extend(m.value for m in msgs)
-        finally:
-            await consumer.stop()
+        got = await consume(broker.bootstrap, topic, 100, timeout=20)
         assert got == [str(i).encode() for i in range(t, 300, 3)]

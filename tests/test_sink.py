@@ -28,6 +28,7 @@ from connector.kafka.topics import ensure_topics
 from connector.metrics import Metrics
 from connector.settings import load_settings
 from tests.conftest import Broker
+from tests.harness import consume
 from tests.netfault import cuttable_broker
 
 pytestmark = pytest.mark.integration
@@ -39,23 +40,6 @@ def _settings(broker_env: dict[str, str], **kw: object):  # type: ignore[no-unty
         kafka_enable_idempotence=broker_env["CONNECTOR_KAFKA_ENABLE_IDEMPOTENCE"] == "true",
         **kw,
     )
-
-
-async def consume(bootstrap: str, topic: str, n: int, timeout: float = 30) -> list[bytes]:
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
-    await consumer.start()
-    out: list[bytes] = []
-    try:
-        async with asyncio.timeout(timeout):
-            while len(out) < n:
-                batch = await consumer.getmany(timeout_ms=500)
-                for msgs in batch.values():
-                    out.extend(m.value for m in msgs)
-    except TimeoutError:
-        pass
-    finally:
-        await consumer.stop()
-    return out
 
 
 CLIENTS = pytest.mark.parametrize("client", ["aiokafka", "librdkafka"])
