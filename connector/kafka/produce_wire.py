@@ -146,7 +146,7 @@ class ProduceRequest(aiokafka_produce.ProduceRequest):  # type: ignore[misc]
 
     def build(self, request_struct_class: type[Any]) -> Any:
         fast = REQUESTS.get(request_struct_class.API_VERSION)
-        if fast is None or not issubclass(fast, request_struct_class):
+        if fast is None:
             return super().build(request_struct_class)
         return fast(self._transactional_id, self._required_acks, self._timeout, self._topics)
 
