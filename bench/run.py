@@ -878,6 +878,42 @@ def launch_wsfloor(url: str, subs: list[tuple[str, str]]) -> subprocess.Popen[by
     return proc
 
 
+async def core_floor(
+    mix: str, rates: list[float], depth: int, seconds: float
+) -> dict[str, dict[str, float]]:
+    """bench/corefloor.py on core 1 (the connector's): the connector's decoding and
+    encoding of the mix's frames in one process with no I/O, paced in the simulator's ticks
+    at each rate (``core_us``, µs of CPU a frame; ``core_first_us`` and ``core_rest_us``,
+    the median the first frame of a tick took and the others) and back to back
+    (``core_back_to_back_us``). Empty if it failed (said on stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "bench" / "corefloor.py"),
+        mix,
+        ",".join(str(int(r)) for r in rates),
+        str(depth),
+        str(seconds),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    pin(proc.pid, {1})  # before it measures: it imports and warms up first
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        print(f"  bench/corefloor.py failed ({proc.returncode}): {err.decode()[-500:]}")
+        return {}
+    found = json.loads(out)
+    back = found["back_to_back_us"]
+    return {
+        rate: {
+            "core_us": row["paced_us"],
+            "core_first_us": row["first_us"],
+            "core_rest_us": row["rest_us"],
+            "core_back_to_back_us": back,
+        }
+        for rate, row in found["rates"].items()
+    }
+
+
 async def floors(
     args: argparse.Namespace, bootstrap: str, embedded: bool
 ) -> dict[str, dict[str, dict[str, float | None]]]:
@@ -915,7 +951,9 @@ async def floors(
                     }
             finally:
                 stop_all(reader, sim)
+        core = await core_floor(name, args.user_rates, args.book_depth, args.duration)
         for rate in args.user_rates:
+            rows[str(int(rate))].update(core.get(str(int(rate)), {}))
             ref = await _reference_run(
                 args,
                 bootstrap,
@@ -931,7 +969,9 @@ async def floors(
         for rate, row in rows.items():
             print(
                 f"  {name} at {rate}/s: a bare websockets reader {row['websockets_us']} µs a "
-                f"frame, the bare aiokafka producer {row['producer_us']} µs a record",
+                f"frame, the bare aiokafka producer {row['producer_us']} µs a record, the "
+                f"connector's decoding and encoding alone {row.get('core_us')} µs a frame "
+                f"paced ({row.get('core_back_to_back_us')} back to back)",
                 flush=True,
             )
         out[name] = rows
@@ -1441,6 +1481,26 @@ def _us(step: Step) -> float:
     return round(step.cpu_s_per_1000 * 1000, 1)
 
 
+def _floor_reason(floor: dict[str, float | None]) -> str:
+    """The floors of a user-rate step (``floors``), as the reason beside its CPU figure."""
+    ws, producer, core = (floor.get(k) for k in ("websockets_us", "producer_us", "core_us"))
+    reason = ""
+    if ws is not None and producer is not None:
+        reason = (
+            f"; the same stream without the connector, in this run: a bare websockets "
+            f"reader {ws} µs a frame, the bare aiokafka producer {producer} µs a "
+            f"record ({round(ws + producer, 1)} µs together)"
+        )
+    if core is not None:
+        reason += (
+            f"; the connector's decoding and encoding alone, no I/O, paced as the simulator "
+            f"sends: {core} µs a frame ({floor.get('core_back_to_back_us')} back to back; "
+            f"the first frame after each {TICK_S * 1000:g} ms pause "
+            f"{floor.get('core_first_us')} µs, the others {floor.get('core_rest_us')})"
+        )
+    return reason
+
+
 def targets(runs: Runs) -> list[dict[str, Any]]:
     """Each target the run measured: what it asks, what the run shows, whether it is met."""
     out: list[dict[str, Any]] = []
@@ -1451,18 +1511,10 @@ def targets(runs: Runs) -> list[dict[str, Any]]:
     for name, steps in runs.user.items():
         for step in steps:
             floor = runs.floors.get(name, {}).get(str(int(step.offered_target)), {})
-            ws, producer = floor.get("websockets_us"), floor.get("producer_us")
             verdict(
                 f"<= {TARGET_USER_US:g} µs CPU per message at {int(step.offered_target)}/s "
                 f"({name}, {len(MARKETS)} markets)",
-                f"{_us(step)} µs ({step.delivered}/s delivered)"
-                + (
-                    f"; the same stream without the connector, in this run: a bare websockets "
-                    f"reader {ws} µs a frame, the bare aiokafka producer {producer} µs a "
-                    f"record ({round(ws + producer, 1)} µs together)"
-                    if ws is not None and producer is not None
-                    else ""
-                ),
+                f"{_us(step)} µs ({step.delivered}/s delivered)" + _floor_reason(floor),
                 _us(step) <= TARGET_USER_US,
             )
     if runs.steps:

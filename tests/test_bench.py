@@ -181,6 +181,29 @@ def test_a_missed_cpu_target_says_what_the_same_stream_costs_without_the_connect
     )
     no_floor = bench.Runs(user=runs.user, floors={"trades+diffs": {"3000": {}}})
     assert bench.targets(no_floor)[0]["measured"] == "200.0 µs (1000/s delivered)"
+    core = {"core_us": 37.0, "core_back_to_back_us": 15.7, "core_first_us": 70.1}
+    with_core = bench.Runs(
+        user=runs.user,
+        floors={"trades+diffs": {"1000": {"core_rest_us": 22.2, **core}}},
+    )
+    assert bench.targets(with_core)[0]["measured"] == (
+        "200.0 µs (1000/s delivered); the connector's decoding and encoding alone, no I/O, "
+        "paced as the simulator sends: 37.0 µs a frame (15.7 back to back; the first frame "
+        "after each 10 ms pause 70.1 µs, the others 22.2)"
+    )
+
+
+async def test_the_core_floor_decodes_and_encodes_the_mix_paced_and_back_to_back(
+    bench: ModuleType,
+) -> None:
+    """bench/corefloor.py as the benchmark runs it: every rate's paced figures and the
+    back-to-back one, from frames the connector's decoder turns into events."""
+    rows = await bench.core_floor("six", [1000.0, 3000.0], 5, 0.3)
+    assert set(rows) == {"1000", "3000"}
+    for row in rows.values():
+        assert set(row) == {"core_us", "core_first_us", "core_rest_us", "core_back_to_back_us"}
+        assert all(value > 0 for value in row.values())
+    assert rows["1000"]["core_back_to_back_us"] == rows["3000"]["core_back_to_back_us"]
 
 
 async def test_the_share_within_the_latency_target_is_exact_at_a_bucket_bound(
