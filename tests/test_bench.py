@@ -193,6 +193,54 @@ def test_a_missed_cpu_target_says_what_the_same_stream_costs_without_the_connect
     )
 
 
+def test_a_missed_saturation_figure_says_what_decoding_and_encoding_alone_take(
+    bench: ModuleType,
+) -> None:
+    """The saturation steps run the six-channel mix: their reason is that mix's decoding
+    and encoding back to back, against the µs a message the target allows, and the bare
+    producer at its busiest reference rate."""
+    runs = bench.Runs(
+        steps=[_step(bench, 14_000, 14_600, True, 60.0)],
+        floors={
+            "six": {"1000": {"core_back_to_back_us": 37.5}},
+            "trades+diffs": {"1000": {"core_back_to_back_us": 15.5}},
+        },
+        ref=[
+            {
+                "client": "aiokafka",
+                "consumer": False,
+                "rate": 2000,
+                "sent_per_s": 1998,
+                "cpu_s_per_1000": 0.101,
+            },
+            {
+                "client": "aiokafka",
+                "consumer": False,
+                "rate": 9986,
+                "sent_per_s": 9986,
+                "cpu_s_per_1000": 0.0488,
+            },
+            {
+                "client": "aiokafka",
+                "consumer": True,
+                "rate": 20000,
+                "sent_per_s": 20000,
+                "cpu_s_per_1000": 0.03,
+            },
+        ],
+    )
+    v = _by_target(bench.targets(runs))
+    assert v["<= 45 µs CPU per message at saturation"]["measured"] == (
+        "68.5 µs at 14000/s; the connector's decoding and encoding of this mix alone, back to "
+        "back with no I/O: 37.5 µs a frame, 7.5 µs left of 45 for reading the WebSocket and "
+        "producing (the bare aiokafka producer alone: 48.8 µs a record at 9986/s)"
+    )
+    throughput = str(v[">= 20000 msg/s sustained on one core (a step that kept up)"]["measured"])
+    assert "37.5 µs a frame, 12.5 µs left of 50 for" in throughput
+    runs.floors = {}
+    assert bench.targets(runs)[1]["measured"] == "68.5 µs at 14000/s"
+
+
 async def test_the_core_floor_decodes_and_encodes_the_mix_paced_and_back_to_back(
     bench: ModuleType,
 ) -> None:
