@@ -15,10 +15,15 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from connector.encoding.avro import AvroDecoder, load_schemas, single_object_encoder
+from connector.events import Side, Trade
 from connector.exchanges.bitstamp.simulator import Simulator
+from connector.kafka.checkpoints import Checkpoint, last_trades
+from connector.kafka.topics import ensure_topics
 from tests.conftest import Broker
+from tests.frames import header
 from tests.harness import Running, connector_process, consume_until, metric_value
 
 pytestmark = pytest.mark.integration
@@ -286,6 +291,47 @@ async def test_bad_frames_go_to_the_dead_letter_topic(
     assert live > 0 and backfilled >= 0
     (status,) = statuses_in(consumed, topic_prefix)
     assert (status["reason"], status["recovery"]) == ("frame_too_large", "BACKFILLED")
+
+
+async def test_the_restart_checkpoint_is_the_newest_trade_of_a_batch_of_several(
+    broker: Broker, topic_prefix: str
+) -> None:
+    """Trades produced in batches of several: the checkpoint is the last trade of the last
+    batch on every partition, wherever the broker lists the partition's end (Tansu lists
+    its last batch's start: read from there, the checkpoint was that batch's first trade,
+    and a restart published the rest of it again)."""
+    topic = f"{topic_prefix}.bitstamp.live_trades.btcusd"
+    await ensure_topics(broker.bootstrap, [topic], 2, 1)
+    encoder = single_object_encoder(load_schemas()["connector.Trade"])
+    producer = AIOKafkaProducer(
+        bootstrap_servers=broker.bootstrap, acks="all", enable_idempotence=False, linger_ms=200
+    )
+    await producer.start()
+    try:
+        for first, n in ((1, 20), (21, 7)):  # a batch per partition each time
+            sent = [
+                await producer.send(
+                    topic,
+                    encoder.encode(
+                        Trade(
+                            **header("live_trades", 1_000 + i, i),
+                            trade_id=str(i),
+                            price="1",
+                            amount="1",
+                            side=Side.BUY,
+                        )
+                    ),
+                    partition=i % 2,
+                )
+                for i in range(first, first + n)
+            ]
+            await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
+    found = await last_trades(
+        broker.bootstrap, {"btcusd": topic}, AvroDecoder(load_schemas().values())
+    )
+    assert found == {"btcusd": Checkpoint(27, 1_027)}  # partition 1's last; 0's is 26
 
 
 async def test_restart_loses_no_trade(broker: Broker, topic_prefix: str, tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ from connector.encoding.registry import SchemaRegistryClient
 from connector.group.sticky import Member, assign
 from connector.kafka.checkpoints import last_records
 from connector.kafka.sink import KafkaSink
+from connector.kafka.topics import read_to_end
 from connector.metrics import Metrics
 from connector.settings import Settings
 from connector.stream.supervisor import Fleet
@@ -356,20 +357,15 @@ async def current_holders(bootstrap: str, topic: str, client: dict[str, Any]) ->
         if not parts:
             return {}
         consumer.assign(parts)
-        ends = await consumer.end_offsets(parts)
-        await consumer.seek_to_beginning(*parts)
-        remaining = {tp for tp, end in ends.items() if end > 0}
+        firsts = await consumer.beginning_offsets(parts)
         async with asyncio.timeout(10):
-            while remaining:
-                batch = await consumer.getmany(*remaining, timeout_ms=500)
-                for tp, msgs in batch.items():
-                    for m in msgs:
-                        r = orjson.loads(m.value)
-                        prior = held.get(r["subscription"])
-                        if prior is None or r["ts_us"] >= prior[0]:
-                            held[r["subscription"]] = (r["ts_us"], r["event"], r["replica"])
-                        if m.offset >= ends[tp] - 1:
-                            remaining.discard(tp)
+            read = await read_to_end(consumer, firsts)
+        for msgs in read.values():
+            for m in msgs:
+                r = orjson.loads(m.value or b"")
+                prior = held.get(r["subscription"])
+                if prior is None or r["ts_us"] >= prior[0]:
+                    held[r["subscription"]] = (r["ts_us"], r["event"], r["replica"])
     finally:
         await consumer.stop()
     return {k: replica for k, (_, event, replica) in held.items() if event == "acquired"}

@@ -23,6 +23,7 @@ from connector.encoding.avro import AvroDecoder
 from connector.encoding.registry import SchemaRegistryClient
 from connector.errors import SchemaError
 from connector.kafka.spool import SpooledRecord
+from connector.kafka.topics import read_to_end
 
 log = logging.getLogger(__name__)
 K = TypeVar("K", bound=Hashable)
@@ -82,22 +83,17 @@ async def last_records(
         if not parts:
             return {}
         consumer.assign(parts)
+        # The listed end is where reading starts, not where it stops (read_to_end).
         ends = await asyncio.wait_for(consumer.end_offsets(parts), timeout_s)
-        pending = {tp for tp, end in ends.items() if end > 0}
-        for tp in pending:
-            consumer.seek(tp, ends[tp] - 1)
+        starts = {tp: end - 1 for tp, end in ends.items() if end > 0}
         async with asyncio.timeout(timeout_s):
-            while pending:
-                batch = await consumer.getmany(*pending, timeout_ms=500)
-                for tp, msgs in batch.items():
-                    for msg in msgs:
-                        if msg.offset != ends[tp] - 1:
-                            continue
-                        pending.discard(tp)
-                        cp = await decode_checkpoint(msg.value or b"", decoder, registry)
-                        key = by_topic[tp.topic]
-                        if cp and (key not in out or _newer(cp, out[key])):
-                            out[key] = cp
+            read = await read_to_end(consumer, starts)
+        newest = {tp: msgs[-1].value or b"" for tp, msgs in read.items() if msgs}
+        for tp, value in newest.items():
+            cp = await decode_checkpoint(value, decoder, registry)
+            key = by_topic[tp.topic]
+            if cp and (key not in out or _newer(cp, out[key])):
+                out[key] = cp
     except (KafkaError, OSError, TimeoutError) as exc:
         log.warning("could not read restart checkpoints from Kafka (%r); no restart backfill", exc)
     finally:
