@@ -27,21 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from connector.encoding.avro import RecordEncoder, load_schemas, single_object_encoder
 from connector.events import MarketEvent
 from connector.exchanges.bitstamp.decoder import BitstampDecoder
-from connector.exchanges.bitstamp.simulator import TICK_S, Simulator
+from connector.exchanges.bitstamp.simulator import TICK_S
 
 POOL = 3000  # distinct frames, cycled
-
-
-def frames(mix: dict[str, float], markets: list[str], depth: int) -> list[bytes]:
-    """``POOL`` frames of the mix's channels over ``markets``, as the simulator writes them."""
-    sim = Simulator(book_depth=depth, markets=tuple(markets))
-    rng = random.Random(1)
-    channels = list(mix)
-    weights = [mix[c] for c in channels]
-    return [
-        orjson.dumps(sim.make_event(rng.choices(channels, weights)[0], rng.choice(markets)))
-        for _ in range(POOL)
-    ]
 
 
 class Core:
@@ -101,10 +89,13 @@ def back_to_back(core: Core, pool: list[bytes], rounds: int = 3) -> float:
 
 def main(argv: list[str]) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from reference import frames
     from run import MARKETS, USER_MIXES
 
     mix, rates, depth, seconds = argv[0], argv[1], int(argv[2]), float(argv[3])
-    pool = frames(USER_MIXES[mix], MARKETS, depth)
+    # The connector's stream: the subscriptions it makes for the mix, interleaved.
+    pool = [frame for _, _, frame in frames(USER_MIXES[mix], MARKETS, depth, POOL)]
+    random.Random(1).shuffle(pool)
     core = Core()
     back_to_back(core, pool, 1)  # warm: every schema's encoder made, the interpreter's caches
     out: dict[str, Any] = {

@@ -44,7 +44,7 @@ from connector.kafka.topics import ensure_topics  # noqa: E402
 from connector.settings import COMPRESSION_LEVELS, Settings  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bench"))
-from run import cpu_seconds, percentile  # noqa: E402
+from run import cpu_seconds, percentile, subscriptions  # noqa: E402
 
 # The connector's default kafka_compression_level for lz4.
 LZ4_LEVEL = COMPRESSION_LEVELS["lz4"][2]
@@ -52,34 +52,38 @@ LINGER_MS: int = Settings.model_fields["kafka_linger_ms"].default
 Record = tuple[str, bytes, bytes, list[tuple[str, bytes]]]  # topic, key, value, headers
 
 
+def frames(
+    mix: dict[str, float], markets: list[str], depth: int, count: int
+) -> list[tuple[str, str, bytes]]:
+    """About ``count`` of the simulator's frames, (channel, market, frame), over the
+    subscriptions the connector makes for the mix, in its proportions, stream by stream."""
+    sim = Simulator(book_depth=depth, markets=tuple(markets))
+    subs = subscriptions(markets, mix)
+    total = sum(mix[c] for c, _ in subs)
+    return [
+        (channel, market, orjson.dumps(sim.make_event(channel, market)))
+        for channel, market in subs
+        for _ in range(max(1, round(count * mix[channel] / total)))
+    ]
+
+
 def records(
     mix: dict[str, float], markets: list[str], depth: int, topic_template: str, count: int
 ) -> list[Record]:
     """(topic, key, value) in the mix's proportions, encoded as the connector encodes."""
-    sim = Simulator(book_depth=depth, markets=tuple(markets))
     decoder = BitstampDecoder("reference")
     encoders = {name: single_object_encoder(s) for name, s in load_schemas().items()}
     headers = {  # the router's headers
         name: [("schema", name.encode()), ("content-type", CONTENT_TYPE_SINGLE_OBJECT.encode())]
         for name in encoders
     }
-    subs = [
-        (c, m)
-        for m in markets
-        for c in mix
-        if not (c == "funding_rate" and not m.endswith("-perp"))
-    ]
-    weights = [mix[c] for c, _ in subs]
-    total = sum(weights)
     out: list[Record] = []
-    for (channel, market), weight in zip(subs, weights, strict=True):
+    for channel, market, frame in frames(mix, markets, depth, count):
         topic = topic_template.format(exchange="bitstamp", channel=channel, market=market)
-        for _ in range(max(1, round(count * weight / total))):
-            frame = orjson.dumps(sim.make_event(channel, market))
-            for event in decoder.feed(frame, 0):
-                if isinstance(event, MarketEvent):
-                    value = encoders[type(event).SCHEMA].encode(event)
-                    out.append((topic, market.encode(), value, headers[type(event).SCHEMA]))
+        for event in decoder.feed(frame, 0):
+            if isinstance(event, MarketEvent):
+                value = encoders[type(event).SCHEMA].encode(event)
+                out.append((topic, market.encode(), value, headers[type(event).SCHEMA]))
     random.Random(1).shuffle(out)  # interleaved, as the markets' streams are on the wire
     return out
 
