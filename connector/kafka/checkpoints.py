@@ -88,9 +88,10 @@ async def last_records(
         starts = {tp: end - 1 for tp, end in ends.items() if end > 0}
         async with asyncio.timeout(timeout_s):
             read = await read_to_end(consumer, starts)
-        newest = {tp: msgs[-1].value or b"" for tp, msgs in read.items() if msgs}
-        for tp, value in newest.items():
-            cp = await decode_checkpoint(value, decoder, registry)
+        for tp, msgs in read.items():
+            if not msgs:
+                continue
+            cp = await decode_checkpoint(msgs[-1].value or b"", decoder, registry)
             key = by_topic[tp.topic]
             if cp and (key not in out or _newer(cp, out[key])):
                 out[key] = cp
